@@ -80,22 +80,31 @@ def _render_chunk(args: tuple) -> list[tuple[dict, np.ndarray | None]]:
     for note in notes:
         wave = renderer.render(note["program"], note["pitch"], note["velocity"], note["hold_s"],
                                n_samples, note["bank"])
-        window = 4096
-        frames = wave[: len(wave) // window * window].reshape(-1, window)
-        loudest = float(np.sqrt((frames ** 2).mean(axis=1)).max()) if len(frames) else 0.0
-        silent = 20 * np.log10(loudest + 1e-12) < SILENCE_DBFS
-        out.append((note, None if silent else wave))
+        out.append((note, None if is_silent(wave) else wave))
     return out
 
 
-def render_dataset(preset: str, out: Path, soundfont: str | None = None, sample_rate: int = 22050,
+def is_silent(wave: np.ndarray, window: int = 4096) -> bool:
+    """True when even the loudest window is below SILENCE_DBFS (RMS)."""
+    frames = wave[: len(wave) // window * window].reshape(-1, window)
+    loudest = float(np.sqrt((frames ** 2).mean(axis=1)).max()) if len(frames) else 0.0
+    return 20 * np.log10(loudest + 1e-12) < SILENCE_DBFS
+
+
+def render_dataset(preset: str | dict, out: Path, soundfont: str | None = None, sample_rate: int = 22050,
                    workers: int | None = None, progress: bool = True) -> dict:
-    """Render every note of a preset into a dataset folder; returns the dataset's meta."""
+    """Render every note of a preset (a name in PRESETS, or a preset dict) into a dataset folder.
+
+    Returns the dataset's meta.
+    """
     from tqdm import tqdm
 
-    if preset not in PRESETS:
+    if isinstance(preset, dict):
+        spec, preset = preset, preset.get("name", "custom")
+    elif preset in PRESETS:
+        spec = PRESETS[preset]
+    else:
         raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-    spec = PRESETS[preset]
     sf_path = find_soundfont(soundfont or spec["soundfont"])
     spectral = SpectralConfig(sample_rate=sample_rate, f_max=min(SpectralConfig.f_max, sample_rate / 2))
     out = Path(out)
