@@ -61,6 +61,26 @@ def _model_arg(p: argparse.ArgumentParser, required: bool = False) -> None:
                    help=f"bundle folder or name under models/ (default {DEFAULT_MODEL})")
 
 
+def _generate_args(p: argparse.ArgumentParser) -> None:
+    _model_arg(p)
+    p.add_argument("--pitch", required=True, type=int, help="MIDI pitch")
+    p.add_argument("--velocity", type=int, default=100, help="MIDI velocity 1..127 (default 100)")
+    p.add_argument("--style", default=None, metavar="NAME=W,...",
+                   help="style weights, e.g. violin=0.5,clarinet=0.5 (default: the first style)")
+    p.add_argument("--z", default="random", help="latent point a,b,c or 'random' (default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--inverter", choices=("mcnn", "gla"), default="mcnn")
+    p.add_argument("--device", default="auto")
+    p.add_argument("-o", "--output", required=True, type=Path, help="WAV file to write")
+
+
+def _bench_args(p: argparse.ArgumentParser) -> None:
+    _model_arg(p)
+    p.add_argument("--device", default=None, help="one device (default: every available one)")
+    p.add_argument("--data", type=Path, help="dataset for the quality figures (default: the card's)")
+    p.add_argument("--json", type=Path, help="also write the figures as JSON")
+
+
 # name: (help, argument builder, handler module:function)
 COMMANDS: dict[str, tuple] = {
     "dataset": ("render, import and inspect note datasets", _dataset_args, None),
@@ -77,6 +97,8 @@ COMMANDS: dict[str, tuple] = {
                             p.add_argument("--out", required=True, type=Path),
                             p.add_argument("--device", default="auto")),
                  "waeserver.evaluate:run_evaluate"),
+    "generate": ("one note to a WAV file", _generate_args, "waeserver.generate:run_generate"),
+    "bench": ("speed and latency figures of this machine", _bench_args, "waeserver.bench:run_bench"),
 }
 
 
