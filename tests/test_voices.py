@@ -1,0 +1,219 @@
+"""VoicePool, RenderCache and the renderer, on real renders of a random test bundle (no JACK)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from waeserver.bundle import load_bundle, make_test_bundle
+from waeserver.cache import RenderCache
+from waeserver.faders import ControlState
+from waeserver.renderer import Renderer
+from waeserver.voices import FADING, FREE, PENDING, PLAYING, RELEASED, VoicePool
+
+RATE = 48000
+PERIOD = 256
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    torch.set_num_threads(1)
+    return load_bundle(make_test_bundle(tmp_path_factory.mktemp("models") / "voices-test"), "cpu")
+
+
+@pytest.fixture
+def engine(bundle):
+    """A filled cache, its renderer and a pool at 48 kHz."""
+    state = ControlState(bundle.styles, bundle.latent_size)
+    cache = RenderCache(bundle.pitch_range)
+    renderer = Renderer(bundle, state, cache, RATE, seed=0)
+    renderer.retarget()
+    for p in (60, 62, 64, 65, 67):
+        renderer.render_now([p], priority=False)
+    cache.arrivals.clear()
+    pool = VoicePool(RATE, cache, polyphony=3, budget_ms=10.0)
+    pool.release = 0.05
+    return state, cache, renderer, pool
+
+
+def play(pool: VoicePool, periods: int, events=()) -> np.ndarray:
+    """Run ``periods`` periods; ``events`` are ``(frame, action, args)`` from the first period on."""
+    out = np.zeros(periods * PERIOD, np.float32)
+    for i in range(periods):
+        now = [(f - i * PERIOD, a, args) for f, a, args in events if i * PERIOD <= f < (i + 1) * PERIOD]
+        pool.run(out[i * PERIOD:(i + 1) * PERIOD], now)
+    return out
+
+
+def test_render_is_resampled_once_and_faded(engine, bundle):
+    _, cache, _, _ = engine
+    audio = cache.audio[60]
+    assert audio.dtype == np.float32 and audio.ndim == 1
+    assert len(audio) <= bundle.n_samples * RATE // bundle.sample_rate + 1
+    assert np.sqrt(np.mean(audio ** 2)) > 1e-4
+    assert audio[-1] == 0.0                       # faded out, so a voice can end on it
+
+
+def test_note_starts_on_its_frame_and_is_silent_after_release(engine):
+    _, _, _, pool = engine
+    out = play(pool, 80, [(100, "note_on", (60, 1.0)), (4000, "note_off", (60,))])
+    assert not out[:100].any()
+    assert np.flatnonzero(out)[0] in (100, 101)
+    release_end = 4000 + int(0.05 * RATE) + PERIOD
+    assert np.abs(out[1000:4000]).max() > 1e-4
+    assert not out[release_end:].any()
+    assert pool.sounding() == 0
+    assert ("n_go", 60) in pool.events and ("n_end", 60) in pool.events
+
+
+def test_velocity_gain_scales_the_render(engine):
+    _, cache, _, pool = engine
+    out = play(pool, 4, [(0, "note_on", (60, 0.5))])
+    n = len(out)
+    np.testing.assert_allclose(out, 0.5 * cache.audio[60][:n], atol=1e-6)
+
+
+def test_sustain_holds_released_notes_until_pedal_up(engine):
+    _, _, _, pool = engine
+    play(pool, 2, [(0, "sustain", (True,)), (0, "note_on", (60, 1.0)), (300, "note_off", (60,))])
+    assert [v.state for v in pool.voices if v.pitch == 60 and v.state != FREE] == [PLAYING]
+    out = play(pool, 30)
+    assert np.abs(out[-PERIOD:]).max() > 0
+    play(pool, 1, [(0, "sustain", (False,))])
+    assert [v.state for v in pool.voices if v.state != FREE] == [RELEASED]
+    play(pool, 20)
+    assert pool.sounding() == 0
+
+
+def test_stealing_order_released_then_same_pitch_then_oldest(engine):
+    _, _, _, pool = engine
+    on = lambda p: (200, "note_on", (p, 1.0))  # noqa: E731  (late: the 5 ms fade is still going at the end)
+    play(pool, 1, [on(60), on(62), on(64), (210, "note_off", (62,))])
+    play(pool, 1, [on(65)])                        # polyphony 3: the released 62 goes first
+    states = {v.pitch: v.state for v in pool.voices if v.state != FREE}
+    assert states[62] == FADING and states[65] == PLAYING
+    play(pool, 2)
+    play(pool, 1, [on(60)])                        # all held: the older 60 makes way for the new 60
+    sixty = sorted((v.age, v.state) for v in pool.voices if v.pitch == 60 and v.state != FREE)
+    assert [s for _, s in sixty] == [FADING, PLAYING]
+    play(pool, 2)
+    play(pool, 1, [on(67)])                        # no release, no same pitch: the oldest (64)
+    assert {v.pitch for v in pool.voices if v.state == FADING} == {64}
+    assert sum(v.state in (PLAYING, RELEASED, PENDING) for v in pool.voices) == 3
+
+
+def test_steal_fades_without_a_click(engine, bundle):
+    state, cache, renderer, _ = engine
+    steal_at = 20 * PERIOD + 37
+
+    def run(polyphony, events):
+        pool = VoicePool(RATE, cache, polyphony=polyphony)
+        return play(pool, 40, events)
+
+    old = run(1, [(0, "note_on", (60, 1.0))])
+    new = run(1, [(steal_at, "note_on", (64, 1.0))])
+    stolen = run(1, [(0, "note_on", (60, 1.0)), (steal_at, "note_on", (64, 1.0))]) - new
+    fade = int(0.005 * RATE)
+    np.testing.assert_allclose(stolen[:steal_at], old[:steal_at], atol=1e-6)
+    assert np.abs(old[steal_at:steal_at + fade]).max() > 1e-4      # the stolen note is loud there
+    # a linear fade over 5 ms from the very frame of the steal, then nothing: never a cut
+    env = 1.0 - np.arange(1, fade + 1) / fade
+    np.testing.assert_allclose(stolen[steal_at:steal_at + fade], old[steal_at:steal_at + fade] * env, atol=1e-6)
+    assert not stolen[steal_at + fade:].any()
+    own_jump = np.abs(np.diff(old[steal_at - 2000:steal_at + fade])).max()
+    assert np.abs(np.diff(stolen[steal_at - 1:steal_at + fade + 2])).max() <= own_jump + np.abs(old).max() / fade + 1e-6
+
+
+def test_pitch_bend_varispeeds_sounding_voices(engine):
+    _, _, _, pool = engine
+    pool.bend_range = 2.0
+    play(pool, 1, [(0, "note_on", (60, 1.0))])
+    voice = next(v for v in pool.voices if v.state == PLAYING)
+    play(pool, 1, [(0, "bend", (8191,))])
+    before = voice.pos
+    play(pool, 10)
+    assert voice.pos - before == pytest.approx(10 * PERIOD * 2 ** (2 * 8191 / 8192 / 12), rel=1e-6)
+    play(pool, 1, [(0, "bend", (0,))])
+    assert pool.ratio == 1.0
+
+
+def test_panic_and_all_notes_off(engine):
+    _, _, _, pool = engine
+    play(pool, 1, [(0, "sustain", (True,)), (0, "note_on", (60, 1.0)), (0, "note_on", (62, 1.0))])
+    play(pool, 1, [(0, "all_notes_off", ())])
+    assert {v.state for v in pool.voices if v.state != FREE} == {RELEASED}
+    play(pool, 1, [(0, "note_on", (64, 1.0)), (100, "panic", ())])
+    assert {v.state for v in pool.voices if v.state != FREE} == {FADING}
+    play(pool, 2)
+    assert pool.sounding() == 0
+
+
+def test_stale_note_plays_stand_in_then_crossfades_to_the_new_render(engine):
+    state, cache, renderer, pool = engine
+    state.set_style(state.style_names[1], 0.5)
+    renderer.retarget()
+    assert not cache.fresh[60]
+    cache.expected_ms = 50.0                      # a render takes longer than the 10 ms budget
+    standin = cache.audio[60]
+    play(pool, 1, [(0, "note_on", (60, 1.0))])
+    voice = next(v for v in pool.voices if v.state == PLAYING)
+    assert voice.audio is standin and pool.standins == 1 and pool.misses == 1
+    assert 60 in cache.pop_requests()
+    renderer.render_now([60])
+    play(pool, 1)
+    assert voice.audio is cache.audio[60] and voice.audio is not standin and voice.old is standin
+    play(pool, 3)
+    assert voice.old is None
+
+
+def test_stale_note_waits_within_budget_for_a_fast_render(engine):
+    state, cache, renderer, pool = engine
+    state.set_z([0.5, 0.0, 0.0])
+    renderer.retarget()
+    cache.expected_ms = 2.0                       # a fast device: worth waiting for
+    out = play(pool, 1, [(0, "note_on", (62, 1.0))])
+    voice = next(v for v in pool.voices if v.state != FREE)
+    assert voice.state == PENDING and not out.any()
+    renderer.render_now(cache.pop_requests())
+    out = play(pool, 1)
+    assert voice.state == PLAYING and voice.audio is cache.audio[62] and out.any()
+    assert pool.standins == 0
+
+
+def test_small_fader_jitter_keeps_the_cache_fresh(engine):
+    state, cache, renderer, _ = engine
+    fresh = cache.fresh.copy()
+    state.set_style(state.style_names[0], 0.995)
+    renderer.retarget()
+    np.testing.assert_array_equal(cache.fresh, fresh)
+    state.set_style(state.style_names[0], 0.9)
+    renderer.retarget()
+    assert not cache.fresh.any()
+
+
+def test_per_note_mode_uses_each_draw_once(engine):
+    state, cache, renderer, _ = engine
+    state.set_z_mode("per-note")
+    renderer.retarget()
+    renderer.render_now([60], priority=False)
+    first = cache.audio[60]
+    audio, fresh = cache.take(60)
+    assert fresh and audio is first and not cache.fresh[60]
+    renderer.render_now(cache.pop_requests(), priority=False)
+    assert cache.fresh[60] and not np.array_equal(cache.audio[60][:4096], first[:4096])
+
+
+def test_refill_renders_recently_played_pitches_first(engine):
+    state, cache, renderer, _ = engine
+    cache.take(65)
+    cache.take(62)
+    state.set_style(state.style_names[2], 1.0)
+    renderer.retarget()
+    assert cache.stale()[:2] == [62, 65]
+    renderer.note_ms = renderer.slice_ms          # a refill note takes the whole budget: one at a time
+    assert renderer.refill_batch() == 1
+    assert renderer.step() and cache.fresh[62] and not cache.fresh[65]
+    assert renderer.step() and cache.fresh[65]
+    renderer.note_ms = renderer.slice_ms / 100    # a fast device: full batches
+    assert renderer.refill_batch() == renderer.batch

@@ -1,0 +1,254 @@
+"""``waeserver bench``: speed and quality of a bundle on this machine.
+
+Speed, for each device (CPU, and CUDA when present), warm, medians over repeats: milliseconds for
+one note (batch of one) by the decoder and by the MCNN apart, notes per second when batched, the
+real-time factor (compute time over note duration), and the MCNN against 100-iteration
+Griffin-Lim on the same note.
+
+Quality, on the test split of the bundle's dataset (the card's ``training_data.path``, or
+``--data``): spectral convergence and log-spectral distance (dB) against the real recordings of
+the real log-mels inverted by the MCNN and by Griffin-Lim, and of the whole model (encoder,
+decoder, MCNN) when the bundle carries the encoder; and the pitch of generated notes (octaves 3 to
+5, every style, z from the prior) by the independent YIN tracker of :mod:`waeserver.pitch`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from waeserver.bundle import Bundle, BundleError, load_bundle
+from waeserver.mcnn import midi_to_f0
+from waeserver.spectral import (griffin_lim, log_spectral_distance, mel_to_linear, spectral_convergence,
+                                stft_magnitude)
+
+log = logging.getLogger(__name__)
+
+GLA_ITERATIONS = 100
+PITCH_TOLERANCE_CENTS = 50.0
+PITCH_OCTAVES = (3, 5)
+
+
+def _timed(fn, device: torch.device, repeats: int, warmup: int = 3) -> list[float]:
+    """Wall milliseconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(1000 * (time.perf_counter() - start))
+    return times
+
+
+def _summary(times: list[float]) -> dict:
+    ordered = sorted(times)
+    return {"median": round(statistics.median(ordered), 3),
+            "p90": round(ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))], 3),
+            "min": round(ordered[0], 3)}
+
+
+def note_inputs(bundle: Bundle, batch: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """``batch`` notes spread over the bundle's range and styles, z from the prior."""
+    gen = torch.Generator().manual_seed(seed)
+    low, high = bundle.pitch_range
+    pitch = torch.linspace(max(low, 48), min(high, 84), batch).round().long()
+    style = torch.nn.functional.one_hot(torch.arange(batch) % len(bundle.styles), len(bundle.styles)).float()
+    velocity = torch.full((batch,), 100 / 127)
+    return pitch, velocity, style, torch.randn(batch, bundle.latent_size, generator=gen)
+
+
+@torch.no_grad()
+def speed(bundle: Bundle, repeats: int = 50, batch: int = 32, gla_repeats: int = 3) -> dict:
+    """Speed figures of one loaded bundle on its own device."""
+    dev = bundle.device
+    pitch, velocity, style, z = (t.to(dev) for t in note_inputs(bundle, 1))
+    mel = bundle.decoder(z, pitch, style, velocity)
+    f0 = midi_to_f0(pitch)
+    decoder_ms = _timed(lambda: bundle.decoder(z, pitch, style, velocity), dev, repeats)
+    mcnn_ms = _timed(lambda: bundle.mcnn(mel, f0), dev, repeats)
+    note_ms = _timed(lambda: bundle.synthesize(pitch, velocity, style, z), dev, repeats)
+    gla_ms = _timed(lambda: griffin_lim(mel_to_linear(mel, bundle.spectral), bundle.spectral,
+                                        n_iter=GLA_ITERATIONS), dev, gla_repeats, warmup=1)
+    many = tuple(t.to(dev) for t in note_inputs(bundle, batch))
+    batch_ms = _timed(lambda: bundle.synthesize(*many), dev, max(3, repeats // 5))
+    duration = bundle.n_samples / bundle.sample_rate
+    note = statistics.median(note_ms)
+    return {
+        "device": str(dev),
+        "threads": torch.get_num_threads() if dev.type == "cpu" else None,
+        "note_seconds": round(duration, 4),
+        "decoder_ms": _summary(decoder_ms),
+        "mcnn_ms": _summary(mcnn_ms),
+        "note_ms": _summary(note_ms),
+        "batch": batch,
+        "notes_per_second_batched": round(batch / (statistics.median(batch_ms) / 1000), 1),
+        "real_time_factor": round(note / 1000 / duration, 5),
+        "gla_ms": _summary(gla_ms),
+        "mcnn_speedup_over_gla": round(statistics.median(gla_ms) / statistics.median(mcnn_ms), 1),
+    }
+
+
+@torch.no_grad()
+def inversion_quality(bundle: Bundle, data_dir: str | Path, max_notes: int = 48, batch: int = 16) -> dict:
+    """SC and LSD against the real audio of test notes: MCNN and Griffin-Lim on the real log-mels,
+    and the whole model (encoder -> decoder -> MCNN) when the bundle has the encoder."""
+    from waeserver.dataset import NoteDataset
+
+    ds = NoteDataset(data_dir)
+    if ds.spectral != bundle.spectral:
+        raise BundleError(f"{ds.root} has other spectral settings than {bundle.name}")
+    test = ds.indices("test")
+    picks = test[np.linspace(0, len(test) - 1, min(max_notes, len(test))).round().astype(int)]
+    feats = ds.features()
+    labels = ds.labels(picks)
+    scores: dict[str, dict[str, list]] = {k: {"sc": [], "lsd_db": []} for k in ("mcnn", "gla", "model")}
+    dev = bundle.device
+    for s in range(0, len(picks), batch):
+        idx = picks[s:s + batch]
+        mel = torch.from_numpy(np.ascontiguousarray(feats[idx])).to(dev)
+        real = torch.from_numpy(np.stack([ds.audio(int(i)) for i in idx])).to(dev)
+        pitch = torch.from_numpy(labels["pitch"][s:s + batch]).to(dev)
+        true_mag = stft_magnitude(real, ds.spectral)
+        outputs = {"mcnn": bundle.mcnn(mel, midi_to_f0(pitch)),
+                   "gla": griffin_lim(mel_to_linear(mel, ds.spectral), ds.spectral, n_iter=GLA_ITERATIONS)}
+        style_names = [ds.rows[int(i)]["style"] for i in idx]
+        if bundle.encoder is not None and all(n in bundle.styles for n in style_names):
+            style = torch.stack([bundle.style_weights({n: 1.0}) for n in style_names]).to(dev)
+            velocity = torch.from_numpy(labels["velocity"][s:s + batch]).float().div(127).to(dev)
+            outputs["model"] = bundle.synthesize(pitch, velocity, style, bundle.encoder(mel))
+        for name, wave in outputs.items():
+            mag = stft_magnitude(wave, ds.spectral)
+            scores[name]["sc"].append(spectral_convergence(mag, true_mag))
+            scores[name]["lsd_db"].append(log_spectral_distance(mag, true_mag))
+    result = {"data": str(ds.root), "notes": int(len(picks))}
+    for name, parts in scores.items():
+        if parts["sc"]:
+            result[name] = {k: round(float(torch.cat(v).mean()), 4) for k, v in parts.items()}
+    return result
+
+
+@torch.no_grad()
+def pitch_accuracy(bundle: Bundle, seed: int = 0, batch: int = 32) -> dict:
+    """Generated notes of every style over octaves 3..5 (within each style's range), z from the
+    prior, checked by YIN: the fraction within 50 cents of the requested pitch."""
+    from waeserver.pitch import cents_off, estimate_pitch
+
+    ranges = bundle.card.get("style_ranges") or {}
+    low_all, high_all = bundle.pitch_range
+    first, last = (PITCH_OCTAVES[0] + 1) * 12, (PITCH_OCTAVES[1] + 2) * 12 - 1
+    jobs = []
+    for k, name in enumerate(bundle.styles):
+        low, high = ranges.get(name, (low_all, high_all))
+        jobs += [(k, p) for p in range(max(first, low), min(last, high) + 1)]
+    if not jobs:
+        return {"notes": 0}
+    gen = torch.Generator().manual_seed(seed)
+    z_all = torch.randn(len(jobs), bundle.latent_size, generator=gen)
+    cents, per_style = [], {name: [0, 0] for name in bundle.styles}
+    for s in range(0, len(jobs), batch):
+        part = jobs[s:s + batch]
+        pitch = torch.tensor([p for _, p in part])
+        style = torch.nn.functional.one_hot(torch.tensor([k for k, _ in part]), len(bundle.styles)).float()
+        velocity = torch.full((len(part),), 100 / 127)
+        waves = bundle.synthesize(pitch, velocity, style, z_all[s:s + len(part)]).cpu().numpy()
+        for (k, p), wave in zip(part, waves):
+            est = estimate_pitch(wave, bundle.sample_rate)
+            off = abs(cents_off(est.hz, p)) if est is not None else float("inf")
+            cents.append(off)
+            per_style[bundle.styles[k]][0] += off <= PITCH_TOLERANCE_CENTS
+            per_style[bundle.styles[k]][1] += 1
+    cents_arr = np.array(cents)
+    finite = cents_arr[np.isfinite(cents_arr)]
+    return {"notes": len(cents), "octaves": list(PITCH_OCTAVES), "tolerance_cents": PITCH_TOLERANCE_CENTS,
+            "within_tolerance": round(float(np.mean(cents_arr <= PITCH_TOLERANCE_CENTS)), 4),
+            "no_pitch_found": int(np.sum(~np.isfinite(cents_arr))),
+            "median_abs_cents": round(float(np.median(finite)), 2) if finite.size else None,
+            "per_style": {n: round(ok / total, 3) for n, (ok, total) in per_style.items() if total}}
+
+
+def machine() -> dict:
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "torch": torch.__version__, "cpu_threads": torch.get_num_threads()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def bench(model: str | Path, devices: list[str] | None = None, data: str | Path | None = None,
+          repeats: int = 50, quality: bool = True) -> dict:
+    """Every figure of ``waeserver bench`` as a dict."""
+    devices = devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    report: dict = {"machine": machine(), "speed": [], "model": None}
+    first = None
+    for name in devices:
+        b = load_bundle(model, name)
+        first = first or b
+        report["model"] = b.name
+        log.info("bench: speed of %s on %s", b.name, b.device)
+        report["speed"].append(speed(b, repeats))
+    if quality:
+        data = data or (first.card.get("training_data") or {}).get("path")
+        if data and Path(data).is_dir():
+            log.info("bench: inversion quality on %s", data)
+            report["quality"] = inversion_quality(first, data)
+        else:
+            report["quality"] = {"skipped": "no dataset (give --data DIR)"}
+        log.info("bench: pitch of generated notes")
+        report["pitch"] = pitch_accuracy(first)
+    return report
+
+
+def format_report(report: dict) -> str:
+    lines = [f"model {report['model']} on {report['machine'].get('cpu', report['machine']['processor'])}"
+             + (f" / {report['machine']['gpu']}" if "gpu" in report["machine"] else "")]
+    for s in report["speed"]:
+        threads = f", {s['threads']} threads" if s["threads"] else ""
+        lines += [f"[{s['device']}{threads}] one {s['note_seconds']} s note: decoder {s['decoder_ms']['median']} ms, "
+                  f"MCNN {s['mcnn_ms']['median']} ms, together {s['note_ms']['median']} ms "
+                  f"(p90 {s['note_ms']['p90']}), real-time factor {s['real_time_factor']}",
+                  f"[{s['device']}] batched ({s['batch']}): {s['notes_per_second_batched']} notes/s; "
+                  f"Griffin-Lim x{GLA_ITERATIONS} {s['gla_ms']['median']} ms: MCNN {s['mcnn_speedup_over_gla']}x faster"]
+    q = report.get("quality", {})
+    if "mcnn" in q:
+        parts = [f"{k} SC {q[k]['sc']} LSD {q[k]['lsd_db']} dB" for k in ("mcnn", "gla", "model") if k in q]
+        lines.append(f"quality on {q['notes']} test notes: " + "; ".join(parts))
+    elif q:
+        lines.append(f"quality: {q.get('skipped')}")
+    p = report.get("pitch")
+    if p and p.get("notes"):
+        lines.append(f"pitch: {100 * p['within_tolerance']:.1f}% of {p['notes']} generated notes (octaves "
+                     f"{p['octaves'][0]}-{p['octaves'][1]}) within {p['tolerance_cents']:.0f} cents, "
+                     f"median error {p['median_abs_cents']} cents")
+    return "\n".join(lines)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    device = getattr(args, "device", None)
+    devices = None if device in (None, "auto", "all") else [device]
+    report = bench(args.model, devices, getattr(args, "data", None), getattr(args, "repeats", None) or 50,
+                   quality=not getattr(args, "speed_only", False))
+    print(format_report(report))
+    if getattr(args, "json", None):
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return 0

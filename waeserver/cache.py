@@ -1,0 +1,155 @@
+"""The render-ahead cache: one rendered note per playable MIDI pitch, at the output sample rate.
+
+Policy (see docs/live.md): for the current control target (style faders and latent point) the
+cache holds a render of every pitch in the model's range. An entry is *fresh* when it was rendered
+for a target within ``jitter`` of the current one (largest difference over faders and latent
+values), so a fader that wobbles by less than that does not cost a refill. In ``per-note`` z mode
+each entry holds a note drawn with its own latent point, fresh until it is played once.
+
+Threads: the audio thread only reads ``audio``/``fresh`` and appends to the lock-free deques
+(``take``, ``request``), and wakes the renderer through a non-blocking pipe write; the renderer
+and the control threads publish and retarget under :attr:`lock`, which the audio thread never
+takes. Entries are replaced whole, never written in place, so a voice keeps playing the array it
+started with.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+from collections import deque
+
+import numpy as np
+
+N_PITCHES = 128
+
+
+class RenderCache:
+    """Per-pitch renders ``audio[p]`` (float32 ``[T]`` at the output rate, or None) and their freshness.
+
+    ``played[p]`` is a note counter used to refill the most recently played pitches first;
+    ``requests`` holds pitches the audio thread wants rendered now, ``arrivals`` the
+    ``(pitch, audio)`` pairs the renderer published since the audio thread last looked.
+    """
+
+    def __init__(self, pitch_range: tuple[int, int], jitter: float = 0.01):
+        self.low, self.high = int(pitch_range[0]), int(pitch_range[1])
+        self.jitter = float(jitter)
+        self.lock = threading.Lock()
+        self.audio: list[np.ndarray | None] = [None] * N_PITCHES
+        self.keys: list[tuple | None] = [None] * N_PITCHES
+        self.fresh = np.zeros(N_PITCHES, bool)
+        self.used = np.zeros(N_PITCHES, bool)
+        self.played = np.zeros(N_PITCHES, np.int64)
+        self.requests: deque[int] = deque()
+        self.arrivals: deque[tuple[int, np.ndarray]] = deque()
+        self.target: tuple[np.ndarray, np.ndarray, bool] | None = None
+        self.expected_ms = 1e9      # recent time of a priority render; the voices compare it to their budget
+        self._notes = 0
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+
+    def playable(self, pitch: int) -> bool:
+        return self.low <= pitch <= self.high
+
+    def pitches(self) -> range:
+        return range(self.low, self.high + 1)
+
+    # --- audio thread ----------------------------------------------------------------------
+    def take(self, pitch: int) -> tuple[np.ndarray | None, bool]:
+        """The render to play for a note-on of ``pitch`` and whether it is fresh.
+
+        In per-note mode a fresh entry is used up by this note, and the next draw is requested.
+        """
+        self._notes += 1
+        self.played[pitch] = self._notes
+        audio, fresh = self.audio[pitch], bool(self.fresh[pitch])
+        if fresh and self.target is not None and self.target[2]:
+            self.used[pitch] = True
+            self.fresh[pitch] = False
+            self.request(pitch)
+        return audio, fresh
+
+    def request(self, pitch: int) -> None:
+        """Ask for ``pitch`` to be rendered for the current target before anything else."""
+        self.requests.append(pitch)
+        self.wake()
+
+    def wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"w")
+        except BlockingIOError:  # the pipe is full: the renderer has been woken already
+            pass
+
+    # --- renderer and control threads -------------------------------------------------------
+    def wait(self, timeout: float) -> None:
+        """Sleep until :meth:`wake` or ``timeout`` seconds."""
+        ready, _, _ = select.select([self._wake_r], [], [], timeout)
+        if ready:
+            try:
+                while os.read(self._wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def _close(self, key: tuple) -> bool:
+        styles, z, per_note = self.target
+        k_styles, k_z = key
+        if len(k_styles) != len(styles) or np.max(np.abs(k_styles - styles), initial=0.0) >= self.jitter:
+            return False
+        if per_note:
+            return k_z is None
+        return k_z is not None and len(k_z) == len(z) and np.max(np.abs(k_z - z), initial=0.0) < self.jitter
+
+    def set_target(self, styles: np.ndarray, z: np.ndarray, per_note: bool) -> None:
+        """Make ``(styles [S], z [D], per_note)`` the target; entries further than ``jitter`` go stale."""
+        with self.lock:
+            self.target = (np.asarray(styles, np.float32).copy(), np.asarray(z, np.float32).copy(), bool(per_note))
+            for p in self.pitches():
+                key = self.keys[p]
+                self.fresh[p] = key is not None and self._close(key) and not (per_note and self.used[p])
+        self.wake()
+
+    def publish(self, pitch: int, audio: np.ndarray, key: tuple) -> None:
+        """Store a render made for ``key = (styles, z or None for a per-note draw)``."""
+        with self.lock:
+            self.audio[pitch] = audio
+            self.keys[pitch] = key
+            self.used[pitch] = False
+            self.fresh[pitch] = self.target is not None and self._close(key)
+        self.arrivals.append((pitch, audio))
+
+    def pop_requests(self) -> list[int]:
+        """Requested pitches not fresh any more, most recent request first, each once."""
+        seen: list[int] = []
+        while self.requests:
+            p = self.requests.pop()
+            if p not in seen and not self.fresh[p]:
+                seen.append(p)
+        return seen
+
+    def stale(self) -> list[int]:
+        """Pitches to refill, most recently played first."""
+        stale = [p for p in self.pitches() if not self.fresh[p]]
+        stale.sort(key=lambda p: -self.played[p])
+        return stale
+
+    def n_fresh(self) -> int:
+        return int(self.fresh[self.low:self.high + 1].sum())
+
+    def clear(self) -> None:
+        """Forget every render (the output rate changed)."""
+        with self.lock:
+            self.audio = [None] * N_PITCHES
+            self.keys = [None] * N_PITCHES
+            self.fresh[:] = False
+        self.wake()
+
+    def close(self) -> None:
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass

@@ -1,0 +1,235 @@
+"""The renderer thread: the only owner of the model while the daemon runs.
+
+It turns control targets into notes in the :class:`~waeserver.cache.RenderCache`: first the
+pitches the audio thread asked for (a note-on that found no fresh render), all in one batch, then
+the stale rest, most recently played pitches first, in batches of up to ``batch`` notes that take
+no longer than the latency budget (so a note-on waits at most that long behind a refill). It reads the *latest*
+control state before every batch, so a fader morph at any message rate costs at most one batch in
+flight and never a queue of states. Each render is resampled once from the model's rate to the
+output rate and given a 1 ms fade-in and a 10 ms fade-out, so voices can start and end on it
+without a click.
+
+:meth:`Renderer.load_model` loads, warms and fills a new bundle beside the running one and swaps
+it in between two batches; the voices keep playing the arrays they hold, so there is no gap.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from fractions import Fraction
+
+import numpy as np
+import torch
+from scipy.signal import resample_poly
+
+from waeserver.cache import RenderCache
+from waeserver.faders import ControlState
+
+log = logging.getLogger(__name__)
+
+FADE_IN_S = 0.001
+FADE_OUT_S = 0.010
+SILENCE = 1e-4       # trailing samples below this are cut, so voices end when the note has
+PRIORITY_MAX = 16    # pitches in one priority batch
+
+
+def to_rate(wave: np.ndarray, from_rate: int, to_rate_hz: int) -> np.ndarray:
+    """Resample ``wave [B,T]`` from ``from_rate`` to ``to_rate_hz`` (polyphase, exact ratio)."""
+    if from_rate == to_rate_hz:
+        return wave.astype(np.float32, copy=False)
+    ratio = Fraction(to_rate_hz, from_rate).limit_denominator(1000)
+    return resample_poly(wave, ratio.numerator, ratio.denominator, axis=-1).astype(np.float32)
+
+
+def shape_note(wave: np.ndarray, rate: int) -> np.ndarray:
+    """Cut trailing silence from one note ``[T]`` and fade its ends; a new contiguous array."""
+    loud = np.flatnonzero(np.abs(wave) > SILENCE)
+    end = int(loud[-1]) + 1 if len(loud) else 1
+    fade_out = int(FADE_OUT_S * rate)
+    note = np.array(wave[:min(len(wave), end + fade_out)], np.float32)
+    n_in = min(len(note), max(1, int(FADE_IN_S * rate)))
+    note[:n_in] *= np.linspace(0.0, 1.0, n_in + 1, dtype=np.float32)[1:]
+    n_out = min(len(note), fade_out)
+    note[len(note) - n_out:] *= np.linspace(1.0, 0.0, n_out, dtype=np.float32)
+    return note
+
+
+class Renderer:
+    """Renders notes of ``bundle`` for the targets of ``state`` into ``cache`` at ``rate`` Hz.
+
+    Use it on its own thread (:meth:`start`, :meth:`stop`) in the daemon, or call
+    :meth:`render_now` and :meth:`fill` directly on a virtual clock (offline rendering).
+    ``seed`` fixes the per-note latent draws.
+    """
+
+    def __init__(self, bundle, state: ControlState, cache: RenderCache, rate: int, batch: int = 8,
+                 velocity: float = 0.8, seed: int | None = None, slice_ms: float = 10.0):
+        self.bundle = bundle
+        self.state = state
+        self.cache = cache
+        self.rate = int(rate)
+        self.batch = int(batch)
+        self.velocity = float(velocity)
+        self.slice_ms = float(slice_ms)   # a refill batch should take no longer (the latency budget)
+        self.note_ms: float | None = None  # recent refill time per note
+        self.rng = np.random.default_rng(seed)
+        self.render_ms: deque[float] = deque(maxlen=256)   # priority batches, for /wae/status
+        self.on_swap: list[Callable[[object, RenderCache], None]] = []
+        self._swap: tuple | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loading = threading.Lock()
+
+    # --- targets -----------------------------------------------------------------------------
+    def target(self) -> tuple[np.ndarray, np.ndarray, bool]:
+        """The state's faders and latent point in this bundle's style order and latent size."""
+        with self.state.lock:
+            names, styles, z, mode = self.state.style_names, self.state.styles, self.state.z, self.state.z_mode
+        if names != list(self.bundle.styles):
+            by_name = dict(zip(names, styles.tolist()))
+            styles = np.array([by_name.get(n, 0.0) for n in self.bundle.styles], np.float32)
+            if not styles.any():
+                styles[0] = 1.0
+        if len(z) != self.bundle.latent_size:
+            z = np.zeros(self.bundle.latent_size, np.float32)
+        return styles, z, mode == "per-note"
+
+    def retarget(self) -> None:
+        """Follow the control state (call after every change of faders, z or z mode)."""
+        self.cache.set_target(*self.target())
+
+    # --- rendering ---------------------------------------------------------------------------
+    @torch.inference_mode()
+    def render(self, pitches: list[int]) -> list[tuple[np.ndarray, tuple]]:
+        """Render ``pitches`` for the current target: ``(audio [T] at rate, key)`` each."""
+        styles, z, per_note = self.target()
+        b = len(pitches)
+        if per_note:
+            zs = self.rng.standard_normal((b, len(z))).astype(np.float32)
+        else:
+            zs = np.repeat(z[None], b, axis=0)
+        dev = self.bundle.device
+        wave = self.bundle.synthesize(torch.tensor(pitches, dtype=torch.int64, device=dev),
+                                      torch.full((b,), self.velocity, dtype=torch.float32, device=dev),
+                                      torch.from_numpy(np.repeat(styles[None], b, axis=0)).to(dev),
+                                      torch.from_numpy(zs).to(dev))
+        wave = to_rate(wave.float().cpu().numpy(), self.bundle.sample_rate, self.rate)
+        key = (styles, None if per_note else z)
+        return [(shape_note(w, self.rate), key) for w in wave]
+
+    def render_now(self, pitches: list[int], priority: bool = True) -> None:
+        """Render ``pitches`` and publish them to the cache."""
+        t0 = time.perf_counter()
+        for p, (audio, key) in zip(pitches, self.render(pitches)):
+            self.cache.publish(p, audio, key)
+        ms = (time.perf_counter() - t0) * 1000.0
+        if priority:
+            self.render_ms.append(ms)
+            self.cache.expected_ms = ms if self.cache.expected_ms > 1e8 else 0.8 * self.cache.expected_ms + 0.2 * ms
+        else:
+            per_note = ms / len(pitches)
+            self.note_ms = per_note if self.note_ms is None else 0.8 * self.note_ms + 0.2 * per_note
+
+    def refill_batch(self) -> int:
+        """Notes in the next refill batch: up to ``batch``, as many as fit in ``slice_ms``, at least one,
+        so a priority note never waits long behind a refill."""
+        if self.note_ms is None:
+            return 1
+        return max(1, min(self.batch, int(self.slice_ms // max(self.note_ms, 1e-3))))
+
+    def fill(self) -> float:
+        """Render every stale pitch now, before any voice waits for one (so nothing arrives for the
+        voices); returns the seconds it took."""
+        t0 = time.perf_counter()
+        while stale := self.cache.stale():
+            self.render_now(stale[:self.batch], priority=False)
+        self.cache.arrivals.clear()
+        return time.perf_counter() - t0
+
+    def warm_up(self) -> None:
+        """Run every batch shape once and measure a one-note priority render."""
+        p = (self.cache.low + self.cache.high) // 2
+        self.render([p] * self.batch)
+        for _ in range(3):
+            self.render_now([p])
+
+    def step(self) -> bool:
+        """One unit of work: a priority batch, else one refill batch. False when there was none."""
+        if self._swap is not None:
+            self._apply_swap()
+        wanted = self.cache.pop_requests()
+        if wanted:
+            self.render_now(wanted[:PRIORITY_MAX])
+            return True
+        stale = self.cache.stale()
+        if stale:
+            self.render_now(stale[:self.refill_batch()], priority=False)
+            return True
+        return False
+
+    # --- thread ------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="waeserver-renderer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 0.5) -> None:
+        self._stop.set()
+        self.cache.wake()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                busy = self.step()
+            except Exception:  # a failing render must not end the thread; the cache keeps what it has
+                log.exception("render failed")
+                busy = False
+            if not busy:
+                self.cache.wait(0.1)
+
+    # --- model swap --------------------------------------------------------------------------
+    def load_model(self, path: str, device: str, done: Callable[[str | None], None]) -> None:
+        """Load, warm and fill the bundle at ``path`` on a thread of its own, then swap it in.
+
+        ``done(None)`` after the swap, ``done(message)`` when the bundle is refused (nothing changes).
+        """
+        def work():
+            from waeserver.bundle import load_bundle
+
+            try:
+                bundle = load_bundle(path, device)
+                cache = RenderCache(bundle.pitch_range, self.cache.jitter)
+                ahead = Renderer(bundle, self.state, cache, self.rate, self.batch, self.velocity,
+                                 slice_ms=self.slice_ms)
+                ahead.retarget()
+                ahead.warm_up()
+                seconds = ahead.fill()
+            except Exception as exc:
+                self._loading.release()   # before the reply, so the sender may try again at once
+                log.warning("model load refused: %s", exc)
+                done(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                return
+            log.info("model %s loaded and rendered ahead in %.2f s", path, seconds)
+            self._swap = (bundle, cache, done)
+            self.cache.wake()
+
+        if not self._loading.acquire(blocking=False):
+            done("another model is loading")
+            return
+        threading.Thread(target=work, name="waeserver-loader", daemon=True).start()
+
+    def _apply_swap(self) -> None:
+        bundle, cache, done = self._swap
+        self._swap = None
+        self._loading.release()
+        self.bundle, self.cache, self.note_ms = bundle, cache, None
+        for hook in self.on_swap:
+            hook(bundle, cache)
+        self.state.rebind(bundle.styles, bundle.latent_size)
+        done(None)
