@@ -41,6 +41,7 @@ def test_evaluate_writes_tables_json_and_figures(tiny_dataset, tiny_pair, tmp_pa
     assert fader["generation"]["octaves_3_4"]["pitch_range"] == [48, 71]
     assert fader["reconstruction"]["log_mel_distance"] > 0 and fader["reconstruction"]["spectral_convergence"] > 0
     assert len(fader["latent"]["correlation"]["style"]) == 3
+    assert 0.0 <= fader["transfer"]["style"] <= 1.0 and 0.0 <= fader["transfer"]["source_style"] <= 1.0
     table = (out / "ablation.md").read_text()
     assert table.index("Judges") < table.index("Variants side by side")
     assert "| wae-note |" in table and "| wae-fader |" in table

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from waeserver.dataset import NoteDataset
-from waeserver.mcnn import (MCNN, MCNNConfig, MCNNTrainConfig, load_mcnn, midi_to_f0, random_crops,
-                            train_mcnn)
+from waeserver.mcnn import (MCNN, MCNNConfig, MCNNTrainConfig, Upsample2, load_mcnn, midi_to_f0,
+                            random_crops, train_mcnn)
 from waeserver.spectral import (MelSpectrogram, griffin_lim, mel_filterbank, mel_to_linear,
                                 spectral_convergence)
 from waeserver.stft_loss import MultiResolutionSTFTLoss
@@ -72,6 +72,17 @@ def test_mcnn_shapes(excitation):
         MCNNConfig(channels=[4, 4])
     with pytest.raises(ValueError, match="power of two"):
         MCNNConfig(hop_length=200)
+
+
+@pytest.mark.parametrize("in_ch, out_ch, kernel, groups", [(16, 32, 4, 8), (16, 16, 4, 8), (64, 32, 6, 8),
+                                                          (128, 64, 4, 1)])
+def test_upsampling_layer_matches_torchs_transposed_convolution(in_ch, out_ch, kernel, groups):
+    layer = Upsample2(in_ch, out_ch, kernel, groups)
+    reference = torch.nn.ConvTranspose1d(in_ch, out_ch, kernel, stride=2, padding=(kernel - 2) // 2, groups=groups)
+    reference.load_state_dict(layer.state_dict())
+    x = torch.randn(3, in_ch, 37)
+    with torch.no_grad():
+        assert torch.allclose(layer(x), reference(x), atol=1e-5)
 
 
 def test_harmonic_sources_hold_the_harmonics_of_f0_in_each_band():

@@ -289,12 +289,12 @@ def test_fader_flood_neither_stalls_notes_nor_piles_up(live):
     mark = probe.n
     for i in range(2000):                         # a continuous morph, much faster than 100/s
         osc.send("/wae/style", "flute", (i % 100) / 100.0)
-        if i == 1000:
-            probe.midi(0x90, 72, 100)
+        if i == 1000:                             # a note in the middle of it, behind 1000 moves
+            osc.send("/wae/note", 72, 100, 0.2)
     osc.send("/wae/style", "flute", 0.5)
     osc.send("/wae/sync", 9)
     assert osc.expect("/wae/synced") == [9]
-    probe.midi(0x80, 72, 0)
+    time.sleep(0.1)
     assert np.abs(probe.since(mark)).max() > 1e-4
     assert daemon.inst.state.styles[1] == 0.5
     cache = daemon.inst.cache

@@ -172,13 +172,24 @@ def test_stale_note_waits_within_budget_for_a_fast_render(engine):
     state.set_z([0.5, 0.0, 0.0])
     renderer.retarget()
     cache.expected_ms = 2.0                       # a fast device: worth waiting for
-    out = play(pool, 1, [(0, "note_on", (62, 1.0))])
-    voice = next(v for v in pool.voices if v.state != FREE)
-    assert voice.state == PENDING and not out.any()
+    pool.budget_ms = 10.0                         # but no period starts before the deadline
+    play(pool, 1, [(0, "note_on", (64, 1.0))])
+    assert pool.standins == 1
+    pool.budget_ms = 30.0                         # four periods to wait
+    pool.standins = 0
+    play(pool, 1, [(0, "note_on", (62, 1.0))])
+    voice = next(v for v in pool.voices if v.pitch == 62 and v.state != FREE)
+    assert voice.state == PENDING and voice.pos == 0.0
     renderer.render_now(cache.pop_requests())
-    out = play(pool, 1)
-    assert voice.state == PLAYING and voice.audio is cache.audio[62] and out.any()
+    play(pool, 1)
+    assert voice.state == PLAYING and voice.audio is cache.audio[62]
     assert pool.standins == 0
+    play(pool, 1, [(0, "note_on", (65, 1.0))])    # nothing arrives: the last render, at the deadline
+    late = next(v for v in pool.voices if v.pitch == 65 and v.state != FREE)
+    play(pool, 3)
+    assert late.state == PENDING
+    play(pool, 1)
+    assert late.state == PLAYING and pool.standins == 1
 
 
 def test_small_fader_jitter_keeps_the_cache_fresh(engine):

@@ -99,6 +99,12 @@ COMMANDS: dict[str, tuple] = {
                  "waeserver.evaluate:run_evaluate"),
     "generate": ("one note to a WAV file", _generate_args, "waeserver.generate:run_generate"),
     "bench": ("speed and latency figures of this machine", _bench_args, "waeserver.bench:run_bench"),
+    "render": ("offline render of a MIDI file, with scripted control changes, through the same engine as serve",
+               lambda p: importlib.import_module("waeserver.offline").add_arguments(p),
+               "waeserver.offline:run_render"),
+    "serve": ("the live daemon",
+              lambda p: importlib.import_module("waeserver.config").add_config_arguments(p),
+              "waeserver.server:run_serve"),
 }
 
 

@@ -17,7 +17,9 @@ The metrics, in the order reported:
    every note first would cost minutes of CPU and add the inverse's own error).
 3. Conditional generation: z drawn from the prior, random note targets (octaves 3-4, and the
    whole pitch range of the dataset), each style in turn; the judges' accuracy on the results.
-4. Latent disentanglement: a fresh classifier trained to read the style from the train split's z,
+4. Style transfer (beyond the study's list, because it shows what the discriminator buys): each
+   test note's own z decoded with another style; the judges' accuracy on the target style.
+5. Latent disentanglement: a fresh classifier trained to read the style from the train split's z,
    tested on the test split's z (chance is 1 / number of styles), and how each z dimension goes
    with each attribute (Pearson |r| for pitch, octave and velocity; the correlation ratio eta for
    the categorical pitch class and style).
@@ -207,6 +209,29 @@ def generation_metrics(wae: WAE, clf: AttributeClassifier, ds: NoteDataset, devi
     return result
 
 
+@torch.no_grad()
+def transfer_metrics(wae: WAE, clf: AttributeClassifier, z: torch.Tensor, labels: dict[str, np.ndarray],
+                     n_styles: int, device: torch.device, seed: int = 0) -> dict:
+    """Style transfer: each test note's own z, pitch and velocity, decoded with another style
+    (drawn at random); the judges' accuracy on the target style and on the note's pitch class and octave.
+
+    A latent that still carries the source style pulls the result back towards it, which is
+    what the Fader discriminator is there to prevent.
+    """
+    gen = torch.Generator().manual_seed(seed + 7)
+    source = torch.from_numpy(labels["style"])
+    target = (source + torch.randint(1, max(2, n_styles), (len(source),), generator=gen)) % n_styles
+    pitch = torch.from_numpy(labels["pitch"])
+    vel = torch.from_numpy(labels["velocity"]).float().div(127)
+    mel = torch.cat(_batched(lambda zz, p, s, v: wae.decoder(zz, p, s, v), z, pitch.to(device),
+                             _style_onehot(target, wae.cfg.n_styles).to(device), vel.to(device)))
+    pred = classify(clf, mel)
+    return {"style": round(float(np.mean(pred["style"] == target.numpy())), 4),
+            "source_style": round(float(np.mean(pred["style"] == source.numpy())), 4),
+            "pitch_class": round(float(np.mean(pred["pitch_class"] == labels["pitch_class"])), 4),
+            "octave": round(float(np.mean(pred["octave"] == labels["octave"])), 4)}
+
+
 def latent_style_accuracy(z_train: np.ndarray, s_train: np.ndarray, z_test: np.ndarray, s_test: np.ndarray,
                           n_styles: int, seed: int = 0, epochs: int = 300) -> float:
     """Test accuracy of a fresh MLP (like the Fader discriminator) reading the style from z."""
@@ -325,9 +350,12 @@ def evaluate(runs: list[str | Path], data_dir: str | Path, out_dir: str | Path, 
         if meta.get("spectral") != ds.spectral.to_dict():
             raise EvaluateError(f"{run} was trained with other spectral settings than {ds.root}")
         models.append((Path(run), wae, meta))
+    # variants name the rows; when one variant comes twice, the run folders do
     names = [m[2].get("variant", m[0].name) for m in models]
     if len(set(names)) != len(names):
-        names = [f"{n} ({m[0].name})" for n, m in zip(names, models)]
+        names = [m[0].name for m in models]
+    if len(set(names)) != len(names):
+        raise EvaluateError("two runs of the same name: " + ", ".join(str(m[0]) for m in models))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -339,11 +367,19 @@ def evaluate(runs: list[str | Path], data_dir: str | Path, out_dir: str | Path, 
     lab_te, lab_tr = ds.labels(te), ds.labels(tr)
     rng = np.random.default_rng(seed)
     picks = sorted(rng.choice(len(te), size=min(4, len(te)), replace=False).tolist())
+    # References for "style from z": chance, the commonest test style, and what the note alone
+    # (pitch and velocity, which a latent may carry) tells about the style.
+    note_tr = np.stack([lab_tr["pitch"], lab_tr["velocity"]], axis=1).astype(np.float64)
+    note_te = np.stack([lab_te["pitch"], lab_te["velocity"]], axis=1).astype(np.float64)
     report = {"data": str(ds.root.resolve()), "styles": list(ds.styles), "n_test": int(len(te)),
               "classifiers_test_accuracy": judge_accuracy, "chance": {
                   "pitch_class": round(1 / N_PITCH_CLASSES, 4), "octave": round(1 / N_OCTAVES, 4),
-                  "style": round(1 / len(ds.styles), 4)}, "variants": {}}
-    latents = {}
+                  "style": round(1 / len(ds.styles), 4)},
+              "style_majority_share": round(float(np.bincount(lab_te["style"]).max() / len(te)), 4),
+              "style_from_note_only": round(latent_style_accuracy(note_tr, lab_tr["style"], note_te, lab_te["style"],
+                                                                  len(ds.styles), seed), 4),
+              "variants": {}}
+    latents, figures = {}, []
     for name, (run, wae, meta) in tqdm(list(zip(names, models)), desc="variants", disable=not progress):
         recon, z_te = encode_decode(wae, mel_te, lab_te, dev)
         _, z_tr = encode_decode(wae, mel_tr, lab_tr, dev)
@@ -351,18 +387,19 @@ def evaluate(runs: list[str | Path], data_dir: str | Path, out_dir: str | Path, 
         entry = {"run": str(run), "variant": meta.get("variant"), "training": meta.get("training", {}),
                  "reconstruction": reconstruction_metrics(mel_te, recon),
                  "generation": generation_metrics(wae, clf, ds, dev, seed, per_style),
+                 "transfer": transfer_metrics(wae, clf, z_te, lab_te, len(ds.styles), dev, seed),
                  "latent": {"style_accuracy_from_z": round(latent_style_accuracy(
                      z_tr_np, lab_tr["style"], z_te_np, lab_te["style"], len(ds.styles), seed), 4),
                      "correlation": latent_correlations(np.concatenate([z_tr_np, z_te_np]), {
                          k: np.concatenate([lab_tr[k], lab_te[k]]) for k in lab_te})}}
         report["variants"][name] = entry
-        slug = name.replace(" ", "_").replace("(", "").replace(")", "")
-        _figure_reconstructions(out / f"reconstruction-{slug}.png", name, ds, mel_te.cpu().numpy(),
-                                recon.cpu().numpy(), picks, lab_te)
+        figure = out / f"reconstruction-{name}.png"
+        _figure_reconstructions(figure, name, ds, mel_te.cpu().numpy(), recon.cpu().numpy(), picks, lab_te)
+        figures.append(figure.name)
         latents[name] = (np.concatenate([z_tr_np, z_te_np]),
                          {k: np.concatenate([lab_tr[k], lab_te[k]]) for k in ATTRIBUTES})
     _figure_latents(out / "latent.png", ds, latents, seed)
-    report["figures"] = sorted(p.name for p in out.glob("*.png"))
+    report["figures"] = figures + ["latent.png"]
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "ablation.md").write_text(ablation_markdown(report))
     return report
@@ -384,16 +421,22 @@ def ablation_markdown(report: dict) -> str:
              "Reconstruction on the test split (LMD: mean |log-mel difference|, SC: spectral convergence "
              "of the mel magnitudes); "
              "generation from prior z judged by the classifiers (accuracy %, octaves 3-4 / full range); "
-             f"style read from z by a fresh classifier (accuracy %, chance {_pct(ch['style'])}).", "",
-             "| variant | LMD | SC | gen pitch class | gen octave | gen style | style from z | epochs | train s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"style read from z by a fresh classifier (accuracy %; chance {_pct(ch['style'])}, commonest style "
+             f"{_pct(report['style_majority_share'])}, read from pitch and velocity alone "
+             f"{_pct(report['style_from_note_only'])}).", "",
+             "Transfer: each test note's own z decoded with another style; the judges' style accuracy "
+             "on the target (and how often they still hear the source style).", "",
+             "| variant | LMD | SC | gen pitch class | gen octave | gen style | style from z | transfer style "
+             "(source) | epochs | train s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, v in report["variants"].items():
         g34, gfull = v["generation"]["octaves_3_4"], v["generation"]["full_range"]
         rec, tr = v["reconstruction"], v["training"]
         lines.append(
             f"| {name} | {rec['log_mel_distance']:.3f} | {rec['spectral_convergence']:.3f} | "
             + " | ".join(f"{_pct(g34[k])} / {_pct(gfull[k])}" for k in ATTRIBUTES)
-            + f" | {_pct(v['latent']['style_accuracy_from_z'])} | {tr.get('epochs_run', '?')} | "
+            + f" | {_pct(v['latent']['style_accuracy_from_z'])} | {_pct(v['transfer']['style'])} "
+              f"({_pct(v['transfer']['source_style'])}) | {tr.get('epochs_run', '?')} | "
               f"{tr.get('train_seconds', '?')} |")
     lines += ["", "## Correlation of each z dimension with the attributes",
               "", "Over the train and test notes: Pearson |r| for pitch, octave, velocity; correlation "

@@ -92,19 +92,28 @@ class MCNNConfig:
 class Upsample2(nn.ConvTranspose1d):
     """A stride-2 transposed ``Conv1d`` (``[B, C_in, L] -> [B, C_out, 2L]``), same weights and result.
 
-    PyTorch's CPU kernel for grouped transposed convolutions is very slow when a group widens
-    (more output than input channels per group, as in the MCNN's last layer: about 10x slower than
-    it needs to be); such layers are computed here as one batched matrix product over the two
-    output phases instead.
+    PyTorch's CPU kernel for grouped transposed convolutions is slow: 1.5 to 2x slower than it
+    need be for the MCNN's thin heads, and about 5x when a group widens (the last layer). Grouped
+    layers are computed here as one batched matrix product over the two output phases instead.
     """
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int, groups: int):
         super().__init__(in_ch, out_ch, kernel_size, stride=2, padding=(kernel_size - 2) // 2, groups=groups)
-        self.widens = groups > 1 and out_ch > in_ch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.widens:
+        if self.groups == 1:
             return super().forward(x)
+        phases = self.phases(x)                                                      # [B,g,2,co,L]
+        batch, g, _, co, length = phases.shape
+        return phases.permute(0, 1, 3, 4, 2).reshape(batch, g * co, 2 * length)
+
+    def phases(self, x: torch.Tensor, bias: bool = True) -> torch.Tensor:
+        """The output with its even and odd samples apart: ``[B, groups, 2, C_out / groups, L]``.
+
+        Output sample ``2m + r`` is ``phases[..., r, :, m]``. Interleaving them is a copy as
+        large as the output, which the MCNN's last layer leaves to the (much smaller) waveform.
+        Without ``bias`` the caller adds it (the MCNN adds it at frame rate, where it is cheap).
+        """
         g, k, p = self.groups, self.kernel_size[0], self.padding[0]
         cin, co = self.in_channels // g, self.out_channels // g
         # output sample 2m + r takes tap j from input m + (r + p - j) / 2 when that is whole
@@ -118,9 +127,11 @@ class Upsample2(nn.ConvTranspose1d):
         lo, hi = -min(shifts), max(shifts)
         padded = F.pad(x, (lo, hi)).view(batch, g, cin, length + lo + hi)
         stacked = torch.cat([padded[..., lo + s: lo + s + length] for s in shifts], dim=2)   # [B,g,S*cin,L]
-        out = torch.matmul(packed.view(g, 2 * co, len(shifts) * cin), stacked)               # [B,g,2*co,L]
-        out = out.view(batch, g, 2, co, length).permute(0, 1, 3, 4, 2).reshape(batch, g * co, 2 * length)
-        return out + self.bias[None, :, None]
+        stacked = stacked.view(batch * g, len(shifts) * cin, length)
+        packed = packed.view(1, g, 2 * co, len(shifts) * cin).expand(batch, -1, -1, -1)
+        out = torch.bmm(packed.reshape(batch * g, 2 * co, len(shifts) * cin), stacked)
+        out = out.view(batch, g, 2, co, length)
+        return out + self.bias.view(1, g, 1, co, 1) if bias else out
 
 
 class MCNN(nn.Module):
@@ -186,22 +197,33 @@ class MCNN(nn.Module):
         raw, norm = self._harmonic_parts(f0, length)
         return raw * norm[..., None]
 
-    def _harmonic_parts(self, f0: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The band sums ``[B, n_bands, T]`` before normalisation, and each band's normaliser ``[B, n_bands]``."""
+    def _harmonic_parts(self, f0: torch.Tensor, length: int,
+                        split: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The band sums ``[B, n_bands, T]`` before normalisation, and each band's normaliser ``[B, n_bands]``.
+
+        With ``split``, the sums come as ``[B, 2, n_bands, T / 2]``: even samples, then odd ones.
+        """
         sr = self.cfg.sample_rate
         f0 = f0.to(torch.float64).clamp(min=1.0)[:, None]                          # [B,1]
         top = torch.floor((sr / 2 - 1e-6) / f0)                                    # highest harmonic below Nyquist
         first = torch.minimum(torch.ceil(self.edges[None, :] / f0).clamp(min=1), top + 1)  # [B,bands+1]
         count = (first[:, 1:] - first[:, :-1]).float()
         t = torch.arange(length, device=f0.device, dtype=torch.float64)
+        if split:
+            t = t.view(-1, 2).T.reshape(-1)
         # the phase is wrapped in float64, so it stays exact over long notes; the trig runs in float32
         phi = (torch.remainder(f0 * t[None, :] / sr, 1.0) * (2 * math.pi)).to(torch.float32)
-        bound = torch.cos((first.float() - 0.5)[..., None] * phi[:, None, :])      # [B,bands+1,T]
+        if split:
+            phi = phi.view(-1, 2, 1, length // 2)
+        else:
+            phi = phi.view(-1, 1, length)
+        shape = first.shape[:1] + (1,) * (phi.dim() - 3) + first.shape[1:] + (1,)
+        bound = torch.cos((first.float() - 0.5).view(shape) * phi)                # [B,(2,)bands+1,T]
         half = torch.sin(phi / 2)
         # at phi = 0 every sine is zero; elsewhere |sin(phi/2)| is far from 0 at audio rates
-        inv = torch.where(half.abs() < 1e-4, torch.zeros_like(half), 0.5 / half)[:, None, :]
+        inv = torch.where(half.abs() < 1e-4, torch.zeros_like(half), 0.5 / half)
         norm = torch.where(count > 0, (2.0 / count.clamp(min=1)).sqrt(), torch.zeros_like(count))
-        return (bound[:, :-1] - bound[:, 1:]) * inv, norm
+        return (bound[..., :-1, :] - bound[..., 1:, :]) * inv, norm
 
     def noise_sources(self, length: int) -> torch.Tensor:
         """The fixed band-limited noise tables, tiled to ``[n_bands, T]``."""
@@ -213,33 +235,47 @@ class MCNN(nn.Module):
         x = normed
         for layer in self.layers[:-1]:
             x = F.elu(layer(x))
-        heads = self.layers[-1](x)
         if not self.cfg.excitation:
-            summed = (heads * self.head_scale.view(1, -1, 1)).sum(dim=1)               # heads [B,H,T]
+            heads = self.layers[-1](x)                                                  # [B,H,T]
+            summed = (heads * self.head_scale.view(1, -1, 1)).sum(dim=1)
             return self.out_gain * F.softsign(summed)
         if f0 is None:
             raise ValueError("this MCNN needs the note's f0 (Hz) as well as its log-mel")
-        batch, _, length = heads.shape
-        h, n, hop = self.cfg.heads, self.cfg.bands_per_head, self.cfg.hop_length
+        # The last layer's even and odd samples stay apart (r = 0, 1: sample 2l + r) until the
+        # waveform, and everything at sample rate is computed in that order.
+        heads = self.layers[-1].phases(x, bias=False)                                   # [B,H,2,n*2,L]
+        batch, h, _, _, half = heads.shape
+        n, hop = self.cfg.bands_per_head, self.cfg.hop_length
+        length = 2 * half
         # Constant factors go into the log gains at frame rate, where they are cheap: each band's
         # normaliser and its head's scale. Only the scale's size counts: flipping the sign of a
         # band-limited source leaves its spectrum as it is.
-        raw, norm = self._harmonic_parts(f0, length)
+        raw, norm = self._harmonic_parts(f0, length, split=True)                      # [B,2,bands,L]
         scale = self.head_scale.abs().repeat_interleave(n).view(1, -1)                  # [1,bands]
         log_coef = torch.stack([torch.log((norm * scale).clamp(min=1e-30)),
                                 torch.log(scale.clamp(min=1e-30)).expand(batch, -1)], dim=2)
-        env = self.envelope(normed) + log_coef.view(batch, -1, 1)
-        # frame f is centred on sample f * hop: interpolate with one frame of padding each side
-        env = F.interpolate(F.pad(env, (1, 1), mode="replicate"), scale_factor=hop, mode="linear",
-                            align_corners=False)[..., hop + hop // 2: hop + hop // 2 + length]
-        log_gains = env + heads
+        log_coef = log_coef.view(batch, -1) + self.layers[-1].bias                      # the heads' bias too
+        env = self.envelope(normed) + log_coef[..., None]                              # [B,bands*2,F]
+        frames = env.shape[-1]
+        # frame f is centred on sample f * hop: between two centres the log gain moves linearly
+        step = F.pad(env, (0, 1), mode="replicate")[..., 1:] - env
+        shape = (batch, h, 1, n, 2, frames, 1)
+        start, step = env.view(shape), step.view(shape)
+        ramp = (torch.arange(hop // 2, device=env.device, dtype=env.dtype) * 2
+                + torch.arange(2, device=env.device, dtype=env.dtype)[:, None]) / hop    # [2, hop/2]
+        ramp = ramp.view(1, 1, 2, 1, 1, 1, hop // 2)
+        log_gains = heads.view(batch, h, 2, n, 2, frames, hop // 2)
         if torch.is_grad_enabled():
-            gains = torch.exp(log_gains.clamp(max=10.0))
-        else:  # in place: at run time this is the largest tensor of the pass
-            gains = log_gains.clamp_(max=10.0).exp_()
-        gains = gains.view(batch, self.cfg.n_bands, 2, length)                          # [B,bands,(harm,noise),T]
-        summed = (gains[:, :, 0] * raw).sum(1) + (gains[:, :, 1] * self.noise_sources(length)).sum(1)
-        return self.out_gain * F.softsign(summed / self.out_gain)
+            gains = torch.exp(torch.addcmul(log_gains + start, step, ramp).clamp(max=10.0))
+        else:  # in place: at run time these are the largest tensors of the pass
+            gains = log_gains.add_(start).addcmul_(step, ramp).clamp_(max=10.0).exp_()
+        gains = gains.view(batch, h, 2, n, 2, half)                                    # [B,H,r,n,(harm,noise),L]
+        harmonic = raw.view(batch, 2, h, n, half).transpose(1, 2)                       # [B,H,r,n,L]
+        noise = self.noise_sources(length).view(h, n, half, 2).permute(0, 3, 1, 2)    # [H,r,n,L]
+        # one dimension at a time: a reduction over two strided dimensions at once is ~10x slower
+        summed = (gains[..., 0, :] * harmonic).sum(3).sum(1) + (gains[..., 1, :] * noise).sum(3).sum(1)
+        wave = summed.transpose(1, 2).reshape(batch, length)                            # interleave r
+        return self.out_gain * F.softsign(wave / self.out_gain)
 
 
 def band_noise(cfg: MCNNConfig, length: int) -> torch.Tensor:
@@ -272,6 +308,7 @@ class MCNNTrainConfig:
     lr_final: float = 2e-4             # cosine decay from lr to lr_final over `steps`
     phase_weight: float = 0.0
     seed: int = 0
+    init: str = ""                     # start from this trained MCNN (folder or .safetensors), e.g. another dataset's
     checkpoint_every: int = 200
     log_every: int = 25
     model: dict = field(default_factory=dict)  # MCNNConfig overrides
@@ -380,6 +417,11 @@ def train_mcnn(data_dir: str | Path, out_dir: str | Path, config: MCNNTrainConfi
     if resume and ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         model_cfg = MCNNConfig.from_dict(yaml.safe_load(state_cfg_path(out).read_text()))
+    elif config.init:
+        model_cfg = load_mcnn(config.init).cfg
+        if model_cfg.sample_rate != spectral.sample_rate or model_cfg.hop_length != spectral.hop_length:
+            raise ValueError(f"{config.init} was trained for another sample rate or hop than {data_dir}")
+        state_cfg_path(out).write_text(yaml.safe_dump(model_cfg.to_dict(), sort_keys=False))
     else:
         # normalise the input with the training features' own statistics
         overrides = dict(config.model)
@@ -392,6 +434,9 @@ def train_mcnn(data_dir: str | Path, out_dir: str | Path, config: MCNNTrainConfi
     loss_fn = MultiResolutionSTFTLoss(phase_weight=config.phase_weight).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     step = 0
+    if state is None and config.init:
+        model.load_state_dict(load_mcnn(config.init).state_dict())
+        log.info("MCNN: starting from %s", config.init)
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])

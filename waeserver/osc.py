@@ -257,7 +257,7 @@ class OscServer:
         except OSError as exc:
             self.sock.close()
             raise OSError(f"cannot listen for OSC on {host}:{port}: {exc.strerror or exc}") from None
-        self.sock.settimeout(0.2)
+        self.sock.settimeout(0.05)   # how soon stop() is noticed
         self.address = self.sock.getsockname()[:2]
         self.received = self.refused = self.dropped = 0
         commands.send = self.send

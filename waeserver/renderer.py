@@ -1,6 +1,9 @@
 """The renderer thread: the only owner of the model while the daemon runs.
 
-It turns control targets into notes in the :class:`~waeserver.cache.RenderCache`: first the
+With a :class:`RenderWorker` (the daemon) the model itself runs in a process of its own and this
+thread only prepares the inputs and publishes the results, so the audio callback never waits for
+the interpreter lock behind the model's Python work; without one (offline rendering, tests) it
+runs the model in this process. It turns control targets into notes in the :class:`~waeserver.cache.RenderCache`: first the
 pitches the audio thread asked for (a note-on that found no fresh render), all in one batch, then
 the stale rest, most recently played pitches first, in batches of up to ``batch`` notes that take
 no longer than the latency budget (so a note-on waits at most that long behind a refill). It reads the *latest*
@@ -16,6 +19,8 @@ it in between two batches; the voices keep playing the arrays they hold, so ther
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import threading
 import time
 from collections import deque
@@ -35,6 +40,9 @@ FADE_IN_S = 0.001
 FADE_OUT_S = 0.010
 SILENCE = 1e-4       # trailing samples below this are cut, so voices end when the note has
 PRIORITY_MAX = 16    # pitches in one priority batch
+RENDER_VELOCITY = 0.8  # the model's velocity input; the velocity curve then scales each voice
+WORKER_NICE = 10
+REFILL_DUTY = 0.5    # share of one core refills may take, so a morph leaves room for the audio
 
 
 def to_rate(wave: np.ndarray, from_rate: int, to_rate_hz: int) -> np.ndarray:
@@ -58,6 +66,82 @@ def shape_note(wave: np.ndarray, rate: int) -> np.ndarray:
     return note
 
 
+@torch.inference_mode()
+def synthesize_notes(bundle, pitches: list[int], velocity: float, styles: np.ndarray, zs: np.ndarray,
+                     rate: int) -> list[np.ndarray]:
+    """Notes of ``bundle`` at ``rate`` Hz, shaped for the voices: ``styles [B,S]``, ``zs [B,D]``."""
+    dev = bundle.device
+    b = len(pitches)
+    wave = bundle.synthesize(torch.tensor(pitches, dtype=torch.int64, device=dev),
+                             torch.full((b,), velocity, dtype=torch.float32, device=dev),
+                             torch.from_numpy(styles).to(dev), torch.from_numpy(zs).to(dev))
+    wave = to_rate(wave.float().cpu().numpy(), bundle.sample_rate, rate)
+    return [shape_note(w, rate) for w in wave]
+
+
+def _worker_main(conn, path: str, device: str, rate: int, velocity: float) -> None:
+    """The render process: load the bundle, then answer ``(pitches, styles, zs)`` with notes."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the daemon's to handle
+    try:
+        os.nice(WORKER_NICE)   # the CPU goes to JACK and the audio thread first
+    except OSError:
+        pass
+    from waeserver.bundle import load_bundle
+
+    try:
+        bundle = load_bundle(path, device)
+        if bundle.device.type == "cpu":
+            torch.set_num_threads(1)
+        synthesize_notes(bundle, [bundle.pitch_range[0]], velocity, np.eye(len(bundle.styles), dtype=np.float32)[:1],
+                         np.zeros((1, bundle.latent_size), np.float32), rate)
+    except Exception as exc:
+        conn.send(str(exc) or type(exc).__name__)
+        return
+    conn.send(None)
+    while True:   # until the daemon terminates this process
+        job = conn.recv()
+        try:
+            conn.send(synthesize_notes(bundle, job[0], velocity, job[1], job[2], rate))
+        except Exception as exc:
+            conn.send(str(exc) or type(exc).__name__)
+
+
+class RenderWorker:
+    """The model in a process of its own, so that its Python work never holds the daemon's GIL
+    while the audio callback waits for it. Renders go back through a pipe (about 0.3 MB a note)."""
+
+    def __init__(self, path: str, device: str, rate: int, velocity: float = RENDER_VELOCITY):
+        self.path, self.device, self.rate, self.velocity = str(path), str(device), rate, velocity
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_worker_main, args=(child, str(path), str(device), rate, velocity),
+                                 name="waeserver-render", daemon=True)
+        self._proc.start()
+        child.close()
+        try:
+            error = self._conn.recv()
+        except EOFError:
+            error = "the render process died while loading"
+        if error is not None:
+            self.close()
+            raise RuntimeError(error)
+
+    def render(self, pitches: list[int], styles: np.ndarray, zs: np.ndarray) -> list[np.ndarray]:
+        self._conn.send((list(pitches), styles, zs))
+        result = self._conn.recv()
+        if isinstance(result, str):
+            raise RuntimeError(f"render failed: {result}")
+        return result
+
+    def close(self) -> None:
+        """Stop the process now; a render in progress is thrown away."""
+        self._proc.terminate()
+        self._proc.join(0.5)
+        self._conn.close()
+
+
 class Renderer:
     """Renders notes of ``bundle`` for the targets of ``state`` into ``cache`` at ``rate`` Hz.
 
@@ -67,8 +151,10 @@ class Renderer:
     """
 
     def __init__(self, bundle, state: ControlState, cache: RenderCache, rate: int, batch: int = 8,
-                 velocity: float = 0.8, seed: int | None = None, slice_ms: float = 10.0):
+                 velocity: float = RENDER_VELOCITY, seed: int | None = None, slice_ms: float = 10.0,
+                 worker: RenderWorker | None = None):
         self.bundle = bundle
+        self.worker = worker
         self.state = state
         self.cache = cache
         self.rate = int(rate)
@@ -103,7 +189,6 @@ class Renderer:
         self.cache.set_target(*self.target())
 
     # --- rendering ---------------------------------------------------------------------------
-    @torch.inference_mode()
     def render(self, pitches: list[int]) -> list[tuple[np.ndarray, tuple]]:
         """Render ``pitches`` for the current target: ``(audio [T] at rate, key)`` each."""
         styles, z, per_note = self.target()
@@ -112,14 +197,21 @@ class Renderer:
             zs = self.rng.standard_normal((b, len(z))).astype(np.float32)
         else:
             zs = np.repeat(z[None], b, axis=0)
-        dev = self.bundle.device
-        wave = self.bundle.synthesize(torch.tensor(pitches, dtype=torch.int64, device=dev),
-                                      torch.full((b,), self.velocity, dtype=torch.float32, device=dev),
-                                      torch.from_numpy(np.repeat(styles[None], b, axis=0)).to(dev),
-                                      torch.from_numpy(zs).to(dev))
-        wave = to_rate(wave.float().cpu().numpy(), self.bundle.sample_rate, self.rate)
+        rows = np.repeat(styles[None], b, axis=0)
+        if self.worker is not None:
+            notes = self.worker.render(pitches, rows, zs)
+        else:
+            notes = synthesize_notes(self.bundle, pitches, self.velocity, rows, zs, self.rate)
         key = (styles, None if per_note else z)
-        return [(shape_note(w, self.rate), key) for w in wave]
+        return [(note, key) for note in notes]
+
+    def set_rate(self, rate: int) -> None:
+        """Render at ``rate`` Hz from now on (the render process is started again for it)."""
+        self.rate = int(rate)
+        if self.worker is not None and self.worker.rate != self.rate:
+            old = self.worker
+            self.worker = RenderWorker(old.path, old.device, self.rate, old.velocity)
+            old.close()
 
     def render_now(self, pitches: list[int], priority: bool = True) -> None:
         """Render ``pitches`` and publish them to the cache."""
@@ -177,21 +269,29 @@ class Renderer:
         self._thread = threading.Thread(target=self._run, name="waeserver-renderer", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 0.5) -> None:
+    def stop(self, timeout: float = 0.2) -> None:
         self._stop.set()
         self.cache.wake()
+        if self.worker is not None:
+            self.worker.close()      # also ends a render the thread may be waiting for
         if self._thread is not None:
             self._thread.join(timeout)
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            t0 = time.perf_counter()
             try:
                 busy = self.step()
             except Exception:  # a failing render must not end the thread; the cache keeps what it has
+                if self._stop.is_set():
+                    return
                 log.exception("render failed")
                 busy = False
             if not busy:
                 self.cache.wait(0.1)
+            elif not self.cache.requests:
+                # refills take at most REFILL_DUTY of a core; a note-on request wakes us at once
+                self.cache.wait((time.perf_counter() - t0) * (1.0 / REFILL_DUTY - 1.0))
 
     # --- model swap --------------------------------------------------------------------------
     def load_model(self, path: str, device: str, done: Callable[[str | None], None]) -> None:
@@ -202,21 +302,26 @@ class Renderer:
         def work():
             from waeserver.bundle import load_bundle
 
+            worker = None
             try:
-                bundle = load_bundle(path, device)
+                bundle = load_bundle(path, device)   # checks the bundle before a process is started
+                if self.worker is not None:
+                    worker = RenderWorker(path, device, self.rate, self.velocity)
                 cache = RenderCache(bundle.pitch_range, self.cache.jitter)
                 ahead = Renderer(bundle, self.state, cache, self.rate, self.batch, self.velocity,
-                                 slice_ms=self.slice_ms)
+                                 slice_ms=self.slice_ms, worker=worker)
                 ahead.retarget()
                 ahead.warm_up()
                 seconds = ahead.fill()
             except Exception as exc:
+                if worker is not None:
+                    worker.close()
                 self._loading.release()   # before the reply, so the sender may try again at once
                 log.warning("model load refused: %s", exc)
                 done(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
                 return
             log.info("model %s loaded and rendered ahead in %.2f s", path, seconds)
-            self._swap = (bundle, cache, done)
+            self._swap = (bundle, cache, worker, done)
             self.cache.wake()
 
         if not self._loading.acquire(blocking=False):
@@ -225,10 +330,12 @@ class Renderer:
         threading.Thread(target=work, name="waeserver-loader", daemon=True).start()
 
     def _apply_swap(self) -> None:
-        bundle, cache, done = self._swap
+        bundle, cache, worker, done = self._swap
         self._swap = None
         self._loading.release()
-        self.bundle, self.cache, self.note_ms = bundle, cache, None
+        if self.worker is not None:
+            self.worker.close()
+        self.bundle, self.cache, self.worker, self.note_ms = bundle, cache, worker, None
         for hook in self.on_swap:
             hook(bundle, cache)
         self.state.rebind(bundle.styles, bundle.latent_size)

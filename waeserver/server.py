@@ -31,7 +31,7 @@ from waeserver.config import ConfigError, ServeConfig, add_config_arguments, res
 from waeserver.faders import ControlError, ControlState
 from waeserver.midi import MidiIn, MidiSettings, curve_exponent, open_inputs, velocity_gain
 from waeserver.preset_store import PresetError, PresetStore
-from waeserver.renderer import Renderer
+from waeserver.renderer import RENDER_VELOCITY, Renderer, RenderWorker
 from waeserver.voices import VoicePool
 
 log = logging.getLogger(__name__)
@@ -43,12 +43,12 @@ CONTROL_TICK = 0.005
 class Instrument:
     """The sound engine around one bundle at ``rate`` Hz, configured by ``cfg``."""
 
-    def __init__(self, bundle, cfg: ServeConfig, rate: int, seed: int | None = None):
+    def __init__(self, bundle, cfg: ServeConfig, rate: int, seed: int | None = None, worker=None):
         self.cfg = cfg
         self.state = ControlState(bundle.styles, bundle.latent_size, cfg.gain, cfg.release, cfg.bend_range)
         self.cache = RenderCache(bundle.pitch_range, cfg.fader_jitter)
         self.renderer = Renderer(bundle, self.state, self.cache, rate, cfg.render_batch, seed=seed,
-                                 slice_ms=cfg.latency_budget_ms)
+                                 slice_ms=cfg.latency_budget_ms, worker=worker)
         self.pool = VoicePool(rate, self.cache, cfg.polyphony, cfg.latency_budget_ms)
         self.pool.gain, self.pool.release, self.pool.bend_range = cfg.gain, cfg.release, cfg.bend_range
         self.poster = self.pool.poster
@@ -86,7 +86,7 @@ class Instrument:
     def set_rate(self, rate: int) -> None:
         """Follow a new output rate: every render is redone at it."""
         self.pool.set_rate(rate, self.pool.max_period)
-        self.renderer.rate = rate
+        self.renderer.set_rate(rate)
         self.cache.clear()
 
     def velocity_gain(self, velocity: int) -> float:
@@ -178,7 +178,7 @@ def _start_jackd(server: str | None):
         raise OSError("no JACK server is running and jackd is not installed (apt install jackd2)")
     name = server or os.environ.get("JACK_DEFAULT_SERVER")
     drivers = [("alsa", ["-d", "alsa", "-r", "48000", "-p", "256"])] if _has_sound_card() else []
-    drivers.append(("dummy", ["--no-realtime", "-d", "dummy", "-r", "48000", "-p", "256"]))
+    drivers.append(("dummy", ["-d", "dummy", "-r", "48000", "-p", "256"]))  # realtime where allowed
     for driver, cmd in drivers:
         argv = ["jackd", *(["-n", name] if name else []), *cmd]
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -228,7 +228,8 @@ class Daemon:
         rate, period, self.jackd = ensure_jack(cfg.jack_server)
         log.info("model %s (%d styles: %s; latent %d; %d Hz) on %s", bundle.name, len(bundle.styles),
                  ", ".join(bundle.styles), bundle.latent_size, bundle.sample_rate, bundle.device)
-        self.inst = inst = Instrument(bundle, cfg, rate)
+        worker = RenderWorker(str(bundle.path), cfg.device, rate, RENDER_VELOCITY)
+        self.inst = inst = Instrument(bundle, cfg, rate, worker=worker)
         inst.renderer.warm_up()
         seconds = inst.renderer.fill()
         log.info("rendered %d notes ahead in %.2f s (one priority note: %.1f ms)",
@@ -245,7 +246,8 @@ class Daemon:
         self._control.start()
         a = self.audio
         period_ms = a.period * 1000.0 / a.rate
-        policy = "waits for it" if inst.cache.expected_ms <= cfg.latency_budget_ms else "plays the last render meanwhile"
+        waits = inst.cache.expected_ms <= cfg.latency_budget_ms - period_ms
+        policy = "waits for it" if waits else "plays the last render meanwhile"
         log.info("JACK: client %s, %d Hz, %d-frame periods (%.2f ms), playback latency %d frames",
                  a.client.name, a.rate, a.period, period_ms, a.playback_latency())
         log.info("note latency: %.2f ms for a rendered-ahead note (one period, sample-accurate MIDI); "
@@ -312,12 +314,12 @@ class Daemon:
 
     def close(self) -> None:
         self.stopping.set()
+        if hasattr(self, "inst"):
+            self.inst.renderer.stop()
         if self.osc is not None:
             self.osc.stop()
         for port in self.hardware:
             port.close()
-        if hasattr(self, "inst"):
-            self.inst.renderer.stop()
         if hasattr(self, "audio"):
             self.audio.close()
         if self.jackd is not None:
@@ -329,17 +331,32 @@ class Daemon:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    """``waeserver serve``: start, play until SIGINT/SIGTERM, stop within a second."""
+    """``waeserver serve``: start, play until SIGINT/SIGTERM, stop within a second.
+
+    After a signal and a clean stop (JACK client, sockets, render process and any jackd of ours
+    closed; presets are always on disk) the process ends at once: the interpreter's own teardown
+    of torch takes about a second on a busy two-core machine.
+    """
     daemon = Daemon(resolve(args))
+    signalled = []
     if threading.current_thread() is threading.main_thread():
+        def on_signal(signum, frame):
+            signalled.append(signum)
+            daemon.stop()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: daemon.stop())
+            signal.signal(sig, on_signal)
     try:
         daemon.start()
         daemon.run()
     finally:
         daemon.close()
     log.info("stopped")
+    if signalled:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

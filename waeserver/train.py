@@ -47,8 +47,8 @@ DEFAULTS: dict = {
     "seed": 0,
     "lr": 1e-3,
     "lr_final": 1e-4,            # cosine decay of both learning rates to this
-    "disc_lr": 1e-3,
-    "disc_steps": 3,             # discriminator updates per batch, so it keeps up with the encoder
+    "disc_lr": 2e-3,
+    "disc_steps": 5,             # discriminator updates per batch, so it keeps up with the encoder
     "mmd_weight": 10.0,
     "max_alpha": 4.0,
     "pre_classification": 0.1,   # share of training where alpha = 0 and only the discriminator learns z

@@ -29,7 +29,7 @@ class Voice:
     """One sounding note: a render, a read position (fractional under pitch bend) and an envelope."""
 
     __slots__ = ("state", "pitch", "gain", "audio", "pos", "level", "slope", "held", "sustained", "age",
-                 "released_at", "standin", "waiting", "wait", "hold", "on_frame", "old", "xfade")
+                 "released_at", "standin", "waiting", "wait", "hold", "on_frame", "old", "xfade")  # wait: deadline frame
 
     def __init__(self):
         self.state = FREE
@@ -149,6 +149,10 @@ class VoicePool:
         while arrivals:
             pitch, audio = arrivals.popleft()
             self._arrived(pitch, audio)
+        end = self.frame + n
+        for v in self.voices:    # waited as long as the budget allows: the last render plays
+            if v.state == PENDING and v.standin is not None and v.wait < end:
+                self._play_standin(v, 0)
 
     def mix(self, start: int, end: int) -> None:
         """Mix every voice into ``buf[start:end]``."""
@@ -192,8 +196,8 @@ class VoicePool:
         """Start ``pitch`` at ``gain`` (0..1, after the velocity curve); ``hold`` frames, -1 until off.
 
         A fresh render plays at once. Otherwise the pitch is requested from the renderer: if a
-        priority render is expected within the latency budget, the voice waits for it up to the
-        budget; else (or when the budget runs out) the most recent render of the pitch plays as a
+        priority render is expected within the latency budget less the period the output takes
+        anyway, the voice waits for it that long at most; else (or when the budget runs out) the most recent render of the pitch plays as a
         stand-in and is crossfaded to the new render when it arrives.
         """
         cache = self.cache
@@ -211,9 +215,13 @@ class VoicePool:
         self.misses += 1
         cache.request(pitch)
         v.standin = audio
-        if audio is None or cache.expected_ms <= self.budget_ms:
+        # The budget covers the whole way to the output, so one period of it is spent anyway; a
+        # render can only be picked up at the start of a later period, before the deadline.
+        wait_ms = self.budget_ms - 1000.0 * self._n / self.rate
+        deadline = v.on_frame + int(wait_ms * self.rate / 1000.0)
+        if audio is None or (cache.expected_ms <= wait_ms and deadline >= self.frame + self._n):
             v.state = PENDING
-            v.wait = int(self.budget_ms * self.rate / 1000.0)
+            v.wait = deadline
         else:
             self._play_standin(v, at)
 
@@ -356,13 +364,7 @@ class VoicePool:
 
     def _mix_voice(self, v: Voice, start: int, end: int) -> None:
         n = end - start
-        if v.state == PENDING:
-            v.wait -= n
-            if v.wait <= 0:
-                if v.standin is not None:
-                    self._play_standin(v, end)
-                else:
-                    v.wait = 0  # nothing rendered yet: wait for the first render
+        if v.state == PENDING:   # silent until its render arrives or its deadline (see begin)
             return
         if v.hold > 0:
             v.hold -= n

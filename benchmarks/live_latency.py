@@ -1,0 +1,233 @@
+"""Note-on to first non-zero output sample of ``waeserver serve``, measured from outside through JACK.
+
+A dummy JACK server (48 kHz, 256-frame periods by default), the daemon as its own process, and a
+probe JACK client that writes MIDI note-ons into waeserver:midi_in at random frame offsets and
+records waeserver:out_1. The latency of a note is the number of frames from its MIDI event to the
+first non-zero sample the probe records, so it includes the one period JACK's graph takes from
+the daemon's output to the next client (what a sound card adds too).
+
+Two kinds of notes: *cached* (the control state has not changed, the render is fresh) and
+*changed* (an OSC fader move arrives in the same period as the note, so the note's render is
+stale). Run once with the default latency budget (10 ms) and once with a budget above the render
+time, where a changed note waits for its fresh render instead of playing the previous one.
+
+    python benchmarks/live_latency.py [--model B] [--notes 200] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import deque
+from pathlib import Path
+
+import jack
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from waeserver.osc import encode  # noqa: E402
+
+RATE, PERIOD = 48000, 256
+
+
+def start_jackd(name: str, realtime: bool = False, rate: int = RATE, period: int = PERIOD) -> subprocess.Popen:
+    """A dummy JACK server; ``realtime`` gives its threads and its clients' SCHED_FIFO, as on stage."""
+    proc = subprocess.Popen(["jackd", "-n", name, "-R" if realtime else "--no-realtime", "-d", "dummy",
+                             "-r", str(rate), "-p", str(period)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(os.environ, JACK_DEFAULT_SERVER=name)
+    if subprocess.run(["jack_wait", "-w", "-t", "10"], env=env, capture_output=True).returncode != 0:
+        proc.kill()
+        raise SystemExit("dummy JACK server did not start")
+    return proc
+
+
+def pick_model(name: str | None) -> tuple[str, str]:
+    """The bundle to measure and what it is: gm-orchestra when trained, else a random test bundle."""
+    from waeserver.bundle import MODELS_DIR, make_test_bundle
+
+    if name:
+        return name, name
+    if (MODELS_DIR / "gm-orchestra" / "card.yaml").is_file():
+        return "gm-orchestra", "gm-orchestra"
+    path = make_test_bundle(Path(tempfile.mkdtemp()) / "test-bundle")
+    return str(path), "random test bundle from make_test_bundle (gm-orchestra is not trained yet)"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_daemon(model: str, server: str, port: int, *extra: str) -> subprocess.Popen:
+    """``waeserver serve`` as its own process; returns once it answers OSC."""
+    proc = subprocess.Popen([sys.executable, "-m", "waeserver.server", "--model", model, "--jack-server", server,
+                             "--osc-port", str(port), "--no-jack-connect", "--preset-dir", tempfile.mkdtemp(), *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    osc = Osc(port)
+    deadline = time.monotonic() + 120
+    while True:
+        osc.send("/wae/status")
+        if osc.wait("/wae/status.reply", 0.5) is not None:
+            break
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("the daemon did not start")
+    osc.close()
+    return proc
+
+
+class Osc:
+    def __init__(self, port: int):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.05)
+        self.port = port
+
+    def send(self, address: str, *args) -> None:
+        self.sock.sendto(encode(address, list(args)), ("127.0.0.1", self.port))
+
+    def wait(self, address: str, timeout: float):
+        from pythonosc.osc_message import OscMessage
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                msg = OscMessage(self.sock.recv(65536))
+            except socket.timeout:
+                continue
+            if msg.address == address:
+                return msg.params
+        return None
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Probe:
+    """MIDI out to the daemon, its out_1 recorded, xruns counted."""
+
+    def __init__(self, server: str, seconds: int, daemon: str = "waeserver"):
+        self.client = jack.Client(f"probe-{uuid.uuid4().hex[:6]}", no_start_server=True, servername=server)
+        self.inp = self.client.inports.register("in")
+        self.midi_out = self.client.midi_outports.register("midi_out")
+        self.rec = np.zeros(seconds * self.client.samplerate, np.float32)
+        self.n = 0
+        self.xruns = 0
+        self.outgoing: deque = deque()
+        self.sent: list[int] = []
+        self.client.set_process_callback(self._process)
+        self.client.set_xrun_callback(self._xrun)
+        self.client.activate()
+        if daemon:
+            self.client.connect(f"{daemon}:out_1", self.inp)
+            self.client.connect(self.midi_out, f"{daemon}:midi_in")
+
+    def _xrun(self, delay):
+        self.xruns += 1
+
+    def _process(self, frames):
+        self.midi_out.clear_buffer()
+        while self.outgoing:
+            offset, data = self.outgoing.popleft()
+            self.midi_out.write_midi_event(offset, data)
+            self.sent.append(self.n + offset)
+        if self.n + frames <= len(self.rec):
+            self.rec[self.n:self.n + frames] = self.inp.get_array()
+            self.n += frames
+
+    def midi(self, data: bytes, offset: int = 0) -> int:
+        """Send ``data`` at ``offset`` in the next period; returns its frame in the recording."""
+        count = len(self.sent)
+        self.outgoing.append((offset, data))
+        while len(self.sent) == count:
+            time.sleep(0.001)
+        return self.sent[count]
+
+    def close(self) -> None:
+        self.client.deactivate()
+        self.client.close()
+
+
+def first_sound(rec: np.ndarray, frame: int, until: int) -> int | None:
+    loud = np.flatnonzero(rec[frame:until])
+    return int(loud[0]) if len(loud) else None
+
+
+def measure(model: str, budget_ms: float, notes: int, seed: int, realtime: bool) -> dict:
+    rng = np.random.default_rng(seed)
+    server = f"waebench-{uuid.uuid4().hex[:8]}"
+    jackd = start_jackd(server, realtime)
+    port = free_port()
+    daemon = start_daemon(model, server, port, "--latency-budget-ms", str(budget_ms), "--release", "0.02")
+    probe = Probe(server, seconds=int(notes * 0.3 * 2) + 30)
+    osc = Osc(port)
+    osc.send("/wae/model/info")
+    styles = osc.wait("/wae/model/info.reply", 5.0)[4:]
+    try:
+        results = {"cached": [], "changed": []}
+        pitches = list(range(48, 73))
+        for kind in ("cached", "changed"):
+            for i in range(notes):
+                pitch = int(rng.choice(pitches))
+                if kind == "changed":   # a fader move, then the note at most one period later
+                    osc.send("/wae/style", styles[-1], float(rng.uniform(0.1, 1.0)))
+                offset = int(rng.integers(0, PERIOD))
+                sent = probe.midi(bytes([0x90, pitch, 100]), offset)
+                time.sleep(0.06)
+                probe.midi(bytes([0x80, pitch, 0]))
+                time.sleep(0.12)                 # release 20 ms: silent again before the next note
+                heard = first_sound(probe.rec, sent, probe.n)
+                if heard is not None:
+                    results[kind].append(heard * 1000.0 / RATE)
+        osc.send("/wae/status")
+        status = osc.wait("/wae/status.reply", 5.0)
+    finally:
+        osc.close()
+        probe.close()
+        daemon.terminate()
+        daemon.wait(10)
+        jackd.terminate()
+        jackd.wait(10)
+    out = {"budget_ms": budget_ms}
+    for kind, ms in results.items():
+        ms = np.array(ms)
+        out[kind] = {"n": len(ms), "p50_ms": round(float(np.percentile(ms, 50)), 3),
+                     "p99_ms": round(float(np.percentile(ms, 99)), 3), "max_ms": round(float(ms.max()), 3)}
+    out["render_ms_p50"], out["render_ms_p99"] = round(status[3], 2), round(status[4], 2)
+    out["cache_hits"], out["cache_misses"], out["standins"] = status[6], status[7], status[10]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="bundle (default gm-orchestra if trained, else a random test bundle)")
+    parser.add_argument("--notes", type=int, default=200, help="notes of each kind")
+    parser.add_argument("--budgets", default="10,100", help="latency budgets (ms) to run with")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--realtime", action="store_true", help="run jackd with -R (SCHED_FIFO where allowed)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    model, about = pick_model(args.model)
+    report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                         f"dummy JACK {RATE} Hz / {PERIOD} frames{', realtime' if args.realtime else ''}",
+              "model": about, "runs": []}
+    for budget in [float(b) for b in args.budgets.split(",")]:
+        run = measure(model, budget, args.notes, args.seed, args.realtime)
+        report["runs"].append(run)
+        print(json.dumps(run))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Xruns of a dummy JACK server: idle, then with ``waeserver serve`` under load, in the same run.
+
+First a probe client alone counts the server's xruns for ``--seconds`` (the baseline a loaded
+machine shows even idle). Then the daemon joins; with the sustain pedal down the probe keeps 32
+voices sounding (32 pitches struck again every second, over JACK MIDI) while another thread moves
+a style fader with 100 OSC messages a second, for as long again. Both counts come from the same
+probe's xrun callback; the daemon's own count and load come from ``/wae/status``.
+
+    python benchmarks/live_xruns.py [--model B] [--seconds 60] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from live_latency import PERIOD, RATE, Osc, Probe, free_port, pick_model, start_daemon, start_jackd
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model")
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--voices", type=int, default=32)
+    parser.add_argument("--fader-rate", type=float, default=100.0, help="fader messages a second")
+    parser.add_argument("--realtime", action="store_true", help="run jackd with -R (SCHED_FIFO where allowed)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    model, about = pick_model(args.model)
+    server = f"waebench-{uuid.uuid4().hex[:8]}"
+    jackd = start_jackd(server, args.realtime)
+    report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                         f"dummy JACK {RATE} Hz / {PERIOD} frames{', realtime' if args.realtime else ''}",
+              "model": about, "seconds": args.seconds}
+    try:
+        idle = Probe(server, seconds=1, daemon="")
+        time.sleep(args.seconds)
+        report["idle_xruns"] = idle.xruns
+        idle.close()
+        print(f"idle JACK: {report['idle_xruns']} xruns in {args.seconds:.0f} s")
+
+        port = free_port()
+        daemon = start_daemon(model, server, port)
+        probe = Probe(server, seconds=1)
+        osc = Osc(port)
+        osc.send("/wae/model/info")
+        info = osc.wait("/wae/model/info.reply", 5.0)
+        low, style = 40, info[-1]
+        stop = threading.Event()
+        sent = [0]
+
+        def morph():
+            t0 = time.monotonic()
+            while not stop.is_set():
+                t = time.monotonic() - t0
+                osc.send("/wae/style", style, 0.5 + 0.5 * math.sin(2 * math.pi * 0.2 * t))
+                sent[0] += 1
+                time.sleep(max(0.0, t0 + sent[0] / args.fader_rate - time.monotonic()))
+
+        probe.midi(bytes([0xB0, 64, 127]))
+        base = probe.xruns
+        mover = threading.Thread(target=morph, daemon=True)
+        t_start = time.monotonic()
+        mover.start()
+        voices = []
+        while time.monotonic() - t_start < args.seconds:
+            for i in range(args.voices):
+                probe.midi(bytes([0x90, low + i, 90]))
+            time.sleep(0.5)
+            osc.send("/wae/status")
+            status = osc.wait("/wae/status.reply", 1.0)
+            if status:
+                voices.append(status[0])
+            time.sleep(0.5)
+        stop.set()
+        mover.join()
+        elapsed = time.monotonic() - t_start
+        report["loaded_xruns"] = probe.xruns - base
+        osc.send("/wae/status")
+        status = osc.wait("/wae/status.reply", 5.0)
+        report.update({"fader_msgs_per_s": round(sent[0] / elapsed, 1),
+                       "voices_sounding_min": min(voices), "voices_sounding_mean": round(sum(voices) / len(voices), 1),
+                       "daemon_xruns": status[1], "jack_cpu_load": round(status[2], 1),
+                       "render_ms_p50": round(status[3], 2), "render_ms_p99": round(status[4], 2)})
+        print(f"with the daemon: {report['loaded_xruns']} xruns in {elapsed:.0f} s, "
+              f"{report['voices_sounding_mean']} voices on average (counting fading tails), "
+              f"{report['fader_msgs_per_s']} fader messages/s")
+        probe.midi(bytes([0xB0, 64, 0]))
+        osc.close()
+        probe.close()
+        daemon.terminate()
+        daemon.wait(10)
+    finally:
+        jackd.terminate()
+        jackd.wait(10)
+    print(json.dumps(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
