@@ -21,7 +21,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from waeserver.bundle import load_bundle
+from waeserver.bundle import MODELS_DIR, load_bundle
 from waeserver.mcnn import midi_to_f0
 from waeserver.spectral import griffin_lim, mel_to_linear
 
@@ -79,6 +79,8 @@ def main() -> None:
     sf.write(args.out / "latent-walk.wav", sequence(waves, rate, 0.6), rate, subtype="PCM_16")
 
     data = args.data or (b.card.get("training_data") or {}).get("path")
+    if data and not Path(data).is_absolute() and not Path(data).is_dir():
+        data = MODELS_DIR.parent / data   # cards give the repository-relative path
     if data and Path(data).is_dir():
         from waeserver.dataset import NoteDataset
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from waeserver.bench import bench, format_report
-from waeserver.bundle import load_bundle
+from waeserver.bundle import MODELS_DIR, load_bundle
 from waeserver.dataset import NoteDataset
 from waeserver.spectral import (griffin_lim, log_spectral_distance, mel_to_linear, spectral_convergence,
                                 stft_magnitude)
@@ -32,6 +32,8 @@ def gla_convergence(model: str, data: str | None, notes: int = 16,
                     iterations=(0, 10, 30, 100, 300)) -> dict:
     bundle = load_bundle(model, "cpu")
     data = data or bundle.card["training_data"]["path"]
+    if not Path(data).is_absolute() and not Path(data).is_dir():
+        data = MODELS_DIR.parent / data   # cards give the repository-relative path
     ds = NoteDataset(data)
     test = ds.indices("test")
     picks = test[np.linspace(0, len(test) - 1, min(notes, len(test))).round().astype(int)]

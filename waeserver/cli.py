@@ -61,6 +61,17 @@ def _model_arg(p: argparse.ArgumentParser, required: bool = False) -> None:
                    help=f"bundle folder or name under models/ (default {DEFAULT_MODEL})")
 
 
+def _build_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--ae-run", type=Path, help="reuse this trained auto-encoder run")
+    p.add_argument("--mcnn-run", type=Path, help="reuse this trained MCNN (folder with mcnn.safetensors)")
+    p.add_argument("--work", type=Path, help="stages and checkpoints (default runs/build-NAME)")
+    p.add_argument("--config", type=Path, help="YAML with autoencoder, mcnn, finetune sections")
+    p.add_argument("--no-encoder", action="store_true", help="leave the encoder out of the bundle")
+
+
 def _generate_args(p: argparse.ArgumentParser) -> None:
     _model_arg(p)
     p.add_argument("--pitch", required=True, type=int, help="MIDI pitch")
@@ -79,6 +90,8 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="one device (default: every available one)")
     p.add_argument("--data", type=Path, help="dataset for the quality figures (default: the card's)")
     p.add_argument("--json", type=Path, help="also write the figures as JSON")
+    p.add_argument("--repeats", type=int, default=50, help="timed repeats per figure")
+    p.add_argument("--speed-only", action="store_true", help="skip the quality figures")
 
 
 # name: (help, argument builder, handler module:function)
@@ -86,10 +99,7 @@ COMMANDS: dict[str, tuple] = {
     "dataset": ("render, import and inspect note datasets", _dataset_args, None),
     "train": ("train one auto-encoder", _train_args, "waeserver.train:run_train"),
     "build-model": ("whole pipeline: auto-encoder, MCNN, fine-tune, evaluation, bundle",
-                    lambda p: (p.add_argument("--data", required=True, type=Path),
-                               p.add_argument("--out", required=True, type=Path),
-                               p.add_argument("--device", default="auto")),
-                    "waeserver.build:run_build"),
+                    _build_args, "waeserver.build:run_build"),
     "evaluate": ("the study's metrics and figures",
                  lambda p: (p.add_argument("--model", required=True, nargs="+",
                                            help="bundle(s) or training run(s)"),
