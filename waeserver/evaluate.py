@@ -332,6 +332,27 @@ def _figure_latents(path: Path, ds: NoteDataset, latents: dict[str, tuple[np.nda
     plt.close(fig)
 
 
+def load_model(path: str | Path, device: torch.device) -> tuple[WAE, dict]:
+    """A training run (model.yaml) or a bundle holding its encoder -> (WAE in eval mode, meta).
+
+    The meta has at least ``variant``, ``styles``, ``spectral`` and ``training``.
+    """
+    path = Path(path)
+    if (path / "model.yaml").is_file() or not (path / "card.yaml").is_file():
+        return load_wae(path, device)
+    from waeserver.bundle import load_bundle
+
+    bundle = load_bundle(path, device)
+    if bundle.encoder is None:
+        raise EvaluateError(f"{path}: the bundle has no encoder, so its latent cannot be measured")
+    wae = WAE(bundle.decoder.cfg)
+    wae.encoder, wae.decoder, wae.discriminator = bundle.encoder, bundle.decoder, None
+    training = bundle.card.get("training")
+    return wae.to(device).eval(), {"variant": bundle.decoder.cfg.variant, "styles": bundle.styles,
+                                   "spectral": bundle.spectral.to_dict(),
+                                   "training": training if isinstance(training, dict) else {}}
+
+
 def evaluate(runs: list[str | Path], data_dir: str | Path, out_dir: str | Path, device: str = "auto",
              progress: bool = True, seed: int = 0, per_style: int = GEN_PER_STYLE,
              classifier_epochs: int = 40) -> dict:
@@ -344,7 +365,7 @@ def evaluate(runs: list[str | Path], data_dir: str | Path, out_dir: str | Path, 
     dev = resolve_device(device)
     models = []
     for run in runs:
-        wae, meta = load_wae(run, dev)
+        wae, meta = load_model(run, dev)
         if list(meta.get("styles", [])) != list(ds.styles):
             raise EvaluateError(f"{run} was trained on styles {meta.get('styles')}, {ds.root} has {ds.styles}")
         if meta.get("spectral") != ds.spectral.to_dict():
