@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from waeserver.bench import format_report, pitch_accuracy, speed
+from waeserver.bench import format_report, machine, pitch_accuracy, speed
 from waeserver.bundle import load_bundle, make_test_bundle
 from waeserver.cli import main
 from waeserver.generate import parse_style, parse_z
@@ -81,4 +81,7 @@ def test_bench_figures_on_a_small_bundle(bundle_path):
     assert p["notes"] == 3 * 36 and 0.0 <= p["within_tolerance"] <= 1.0
     text = format_report({"machine": {"processor": "x"}, "model": b.name, "speed": [s], "pitch": p})
     assert "MCNN" in text and "pitch" in text
+    here = machine()
+    assert len(here["load_average"]) == 3
+    assert "load average" in format_report({"machine": here, "model": b.name, "speed": [s], "pitch": p})
     assert torch.isfinite(torch.tensor(s["real_time_factor"]))

@@ -56,10 +56,11 @@ def test_griffin_lim_converges_on_a_real_note(real_note):
 
 @pytest.mark.parametrize("excitation", [True, False])
 def test_mcnn_shapes(excitation):
-    cfg = MCNNConfig(heads=3, channels=[4, 3, 2, 2, 2, 1, 1], excitation=excitation)
+    channels = [4, 3] if excitation else [4, 3, 2, 2, 2, 1, 1]
+    cfg = MCNNConfig(heads=3, channels=channels, excitation=excitation, gain_step=32)
     model = MCNN(cfg)
     f0 = torch.tensor([110.0, 523.0]) if excitation else None
-    for frames in (1, 7, 128):
+    for frames in (1, 7, 128, 130):      # 130 frames: longer than the noise tables
         with torch.no_grad():
             out = model(torch.randn(2, 128, frames), f0)
         assert out.shape == (2, frames * 256)
@@ -69,9 +70,44 @@ def test_mcnn_shapes(excitation):
         with pytest.raises(ValueError, match="f0"):
             model(torch.randn(1, 128, 4))
     with pytest.raises(ValueError, match="channel widths"):
-        MCNNConfig(channels=[4, 4])
+        MCNNConfig(channels=[4, 4, 4])
     with pytest.raises(ValueError, match="power of two"):
         MCNNConfig(hop_length=200)
+    with pytest.raises(ValueError, match="gain step"):
+        MCNNConfig(gain_step=48)
+
+
+def test_configs_without_a_gain_step_mean_one_gain_a_sample():
+    old = MCNNConfig(channels=[16, 8, 8, 4, 4, 2, 2], gain_step=1).to_dict()
+    del old["gain_step"]
+    cfg = MCNNConfig.from_dict(old)
+    assert cfg.gain_step == 1 and cfg.n_layers == 8
+    assert MCNNConfig().n_layers == 2
+
+
+@pytest.mark.parametrize("gain_step", [1, 32])
+def test_mcnn_output_is_the_gated_sum_of_its_sources(gain_step):
+    """The segment-wise products give the same wave as gains (linear within a segment) times the
+    reference sources, summed over the bands."""
+    torch.manual_seed(0)
+    channels = [4, 2, 2, 2, 2, 1, 1] if gain_step == 1 else [4, 2]
+    model = MCNN(MCNNConfig(heads=4, channels=channels, gain_step=gain_step, mel_offset=-6, mel_scale=3)).eval()
+    frames, batch = 12, 2
+    mel = torch.randn(batch, 128, frames) - 6
+    f0 = torch.tensor([97.9989, 1318.51])
+    with torch.no_grad():
+        for p in model.layers[-1].parameters():
+            p.add_(0.3 * torch.randn_like(p))       # heads that do something
+        out = model(mel, f0)
+        gains = model.gains(mel)                                                    # [B,2*bands,S]
+        ends = torch.cat([gains[..., 1:], gains[..., -1:]], dim=-1)
+        ramp = torch.arange(gain_step) / gain_step
+        per_sample = (gains[..., None] * (1 - ramp) + ends[..., None] * ramp).flatten(2)
+        length = frames * 256
+        wave = ((per_sample[:, 0::2] * model.harmonic_sources(f0, length)).sum(1)
+                + (per_sample[:, 1::2] * model.noise[:, :length]).sum(1))
+        expected = model.out_gain * torch.nn.functional.softsign(wave / model.out_gain)
+    assert float((out - expected).pow(2).mean().sqrt()) < 1e-4 * float(expected.pow(2).mean().sqrt())
 
 
 @pytest.mark.parametrize("in_ch, out_ch, kernel, groups", [(16, 32, 4, 8), (16, 16, 4, 8), (64, 32, 6, 8),
@@ -132,7 +168,7 @@ def test_one_mcnn_training_step_lowers_the_loss(tiny_dataset):
 
 def test_train_mcnn_writes_weights_and_resumes(tiny_dataset, tmp_path):
     config = {"steps": 3, "batch_size": 2, "crop_frames": 8, "checkpoint_every": 2, "log_every": 1,
-              "model": {"heads": 2, "channels": [2, 2, 2, 2, 1, 1, 1]}}
+              "model": {"heads": 2, "channels": [2]}}
     result = train_mcnn(tiny_dataset, tmp_path, config, progress=False)
     assert result["step"] == 3 and np.isfinite(result["sc"])
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
@@ -143,3 +179,10 @@ def test_train_mcnn_writes_weights_and_resumes(tiny_dataset, tmp_path):
     model = load_mcnn(tmp_path)
     assert model(torch.zeros(1, 128, 4), torch.tensor([220.0])).shape == (1, 1024)
     assert MCNNTrainConfig.from_dict({"steps": 1}).steps == 1
+    # a run started from this one with another setting keeps every tensor whose shape fits
+    other = train_mcnn(tiny_dataset, tmp_path / "other", {**config, "steps": 1, "lr": 1e-7, "init": str(tmp_path),
+                                                           "model": {"lowest_band_edge": 150.0}}, progress=False)
+    assert other["step"] == 1
+    started = load_mcnn(tmp_path / "other")
+    assert started.cfg.lowest_band_edge == 150.0 and started.cfg.channels == [2]
+    assert torch.allclose(started.layers[0].weight, model.layers[0].weight, atol=1e-4)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import statistics
 import time
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from waeserver.bundle import Bundle, BundleError, load_bundle
+from waeserver.bundle import MODELS_DIR, Bundle, BundleError, load_bundle
 from waeserver.mcnn import midi_to_f0
 from waeserver.spectral import (griffin_lim, log_spectral_distance, mel_to_linear, spectral_convergence,
                                 stft_magnitude)
@@ -181,7 +182,9 @@ def pitch_accuracy(bundle: Bundle, seed: int = 0, batch: int = 32) -> dict:
 
 def machine() -> dict:
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "torch": torch.__version__, "cpu_threads": torch.get_num_threads()}
+            "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
+            # timings mean little on a busy machine: the load when they were taken goes with them
+            "load_average": [round(v, 2) for v in os.getloadavg()]}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -208,6 +211,8 @@ def bench(model: str | Path, devices: list[str] | None = None, data: str | Path 
         report["speed"].append(speed(b, repeats))
     if quality:
         data = data or (first.card.get("training_data") or {}).get("path")
+        if data and not Path(data).is_absolute() and not Path(data).is_dir():
+            data = MODELS_DIR.parent / data   # cards give the repository-relative path
         if data and Path(data).is_dir():
             log.info("bench: inversion quality on %s", data)
             report["quality"] = inversion_quality(first, data)
@@ -220,7 +225,9 @@ def bench(model: str | Path, devices: list[str] | None = None, data: str | Path 
 
 def format_report(report: dict) -> str:
     lines = [f"model {report['model']} on {report['machine'].get('cpu', report['machine']['processor'])}"
-             + (f" / {report['machine']['gpu']}" if "gpu" in report["machine"] else "")]
+             + (f" / {report['machine']['gpu']}" if "gpu" in report["machine"] else "")
+             + (f" (load average {report['machine']['load_average'][0]})"
+                if report["machine"].get("load_average") else "")]
     for s in report["speed"]:
         threads = f", {s['threads']} threads" if s["threads"] else ""
         lines += [f"[{s['device']}{threads}] one {s['note_seconds']} s note: decoder {s['decoder_ms']['median']} ms, "

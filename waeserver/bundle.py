@@ -269,9 +269,9 @@ def make_test_bundle(path: str | Path, styles=("piano", "flute", "violin"), late
     model_cfg = ModelConfig(n_mels=spectral.n_mels, n_frames=spectral.n_frames, latent=latent,
                             n_styles=len(styles), enc_channels=16, dec_channels=16, embed_dim=8,
                             hidden=32, mel_offset=-6.0, mel_scale=3.0)
-    mcnn = MCNN(MCNNConfig(n_mels=spectral.n_mels, hop_length=spectral.hop_length, heads=2,
-                           channels=[4, 2, 2, 2, 1, 1, 1][: spectral.hop_length.bit_length() - 2],
-                           mel_offset=-6.0, mel_scale=3.0, sample_rate=sample_rate))
+    mcnn = MCNN(MCNNConfig(n_mels=spectral.n_mels, hop_length=spectral.hop_length, heads=2, channels=[4],
+                           gain_step=spectral.hop_length // 4, mel_offset=-6.0, mel_scale=3.0,
+                           sample_rate=sample_rate))
     info = {"pitch_range": [36, 96], "style_ranges": {s: [36, 96] for s in styles},
             "training_data": {"name": "none (random test bundle)"},
             "evaluation": {"note": "untrained, for tests only"}}

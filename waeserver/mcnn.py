@@ -1,22 +1,29 @@
 """MCNN: a multi-head convolutional inverter from log-mel frames to a waveform, and its training.
 
 After Arık et al., "Fast spectrogram inversion using multi-head convolutional neural networks"
-(2018). Each head is a stack of stride-2 transposed ``Conv1d`` layers with ELU, doubling the time
-resolution ``log2(hop)`` times, so ``F`` frames become ``F * hop`` samples; the heads' outputs are
-weighted by one trainable scale each, summed, and squashed by a scaled softsign.
+(2018). Each head is a stack of stride-2 transposed ``Conv1d`` layers with ELU; in the plain
+network (``excitation: false``) they double the time resolution ``log2(hop)`` times, so ``F``
+frames become ``F * hop`` samples, and the heads' outputs are weighted by one trainable scale
+each, summed, and squashed by a scaled softsign.
 
 Pitch. A network of this kind is shift-equivariant by whole frames: a steady note gives (nearly)
 the same frame over and over, so its output repeats every ``hop`` samples and can only hold
 harmonics of ``sample_rate / hop`` (86 Hz at 22050 Hz): most notes come out detuned by up to a
 semitone or more. With ``excitation`` on (the default), the note's fundamental ``f0`` is an input
-too: the heads' last layer emits, for each of a few fixed frequency bands, a sample-rate gain for
-a band-limited harmonic source at ``f0`` and one for band-limited noise, and the sum of those
-gated sources is the output. The transposed convolutions then only have to shape smooth
-envelopes from the mel, which they learn in minutes, and the pitch is exact by construction.
+too: for each of a few fixed frequency bands, a band-limited harmonic source at ``f0`` and a
+band-limited noise source are each scaled by a gain ``exp(envelope + head)`` (``envelope``: a 1x1
+convolution of the log-mel frame, interpolated; ``head``: the heads' output, finer detail), and
+the sum of those gated sources is the output. The transposed convolutions then only have to shape
+smooth envelopes from the mel, and the pitch is exact by construction.
+
+Speed. With excitation the heads stop at one gain per ``gain_step`` samples (64: 4 gains a frame)
+and the gains move linearly in between. Nothing else is computed per sample: within a segment of
+``gain_step`` samples, ``cos(c * phase)`` of the closed-form harmonic sum splits into a segment
+term times a within-segment term, so every harmonic band of a segment comes out of one small
+matrix product, and the noise bands out of another against fixed tables (docs/sound.md).
 
 The heads are run together as grouped convolutions (``groups=heads``), which is the same network
-as separate heads and much faster on a CPU. The layers that run at high sample rates are kept
-very thin because they dominate the cost.
+as separate heads and much faster on a CPU.
 
 Shapes: log-mel ``[B, M, F]`` (plus ``f0 [B]`` in Hz with excitation) in, waveform ``[B, F * hop]`` out.
 """
@@ -45,7 +52,7 @@ class MCNNConfig:
     n_mels: int = 128
     hop_length: int = 256              # samples per frame; a power of two (one layer per doubling)
     heads: int = 8
-    channels: list[int] = field(default_factory=lambda: [16, 8, 8, 4, 4, 2, 2])  # per head, after each layer but the last
+    channels: list[int] = field(default_factory=lambda: [8])  # per head, after each layer but the last
     kernel_size: int = 4               # even; padding (k - 2) / 2 makes every layer double exactly
     mel_offset: float = 0.0            # input normalisation: (log-mel - offset) / scale
     mel_scale: float = 1.0
@@ -54,10 +61,17 @@ class MCNNConfig:
     sample_rate: int = 22050
     lowest_band_edge: float = 120.0    # band edges: 0, then geometric from here to Nyquist
     noise_seed: int = 0                # the fixed band-limited noise tables are drawn from this
+    gain_step: int = 64                # with excitation: samples per gain (a power of two below hop)
 
     @property
     def n_bands(self) -> int:
         return self.heads * self.bands_per_head
+
+    @property
+    def n_layers(self) -> int:
+        """Stride-2 layers: up to sample rate, or with excitation up to one gain per ``gain_step``."""
+        steps = self.hop_length // self.gain_step if self.excitation else self.hop_length
+        return steps.bit_length() - 1
 
     def band_edges(self) -> list[float]:
         """``n_bands + 1`` edges in Hz, from 0 to Nyquist."""
@@ -66,12 +80,14 @@ class MCNNConfig:
 
     def __post_init__(self):
         self.channels = [int(c) for c in self.channels]
-        n_layers = self.hop_length.bit_length() - 1
         if self.hop_length & (self.hop_length - 1) or self.hop_length < 2:
             raise ValueError(f"MCNN hop length {self.hop_length} must be a power of two")
-        if len(self.channels) != n_layers - 1:
-            raise ValueError(f"MCNN needs {n_layers - 1} channel widths for hop {self.hop_length}, "
-                             f"got {len(self.channels)}")
+        if self.gain_step & (self.gain_step - 1) or not 1 <= self.gain_step < self.hop_length:
+            raise ValueError(f"MCNN gain step {self.gain_step} must be a power of two below the hop")
+        if len(self.channels) != self.n_layers - 1:
+            raise ValueError(f"MCNN needs {self.n_layers - 1} channel widths for hop {self.hop_length}"
+                             + (f" and gain step {self.gain_step}" if self.excitation else "")
+                             + f", got {len(self.channels)}")
         if self.kernel_size % 2 or self.kernel_size < 2:
             raise ValueError("MCNN kernel size must be even")
         if self.excitation and not 0 < self.lowest_band_edge < self.sample_rate / 2:
@@ -86,52 +102,70 @@ class MCNNConfig:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown MCNN settings: {', '.join(sorted(unknown))}")
-        return cls(**data)
+        # configs written before gain_step existed computed a gain for every sample
+        return cls(**{"gain_step": 1, **data})
 
 
 class Upsample2(nn.ConvTranspose1d):
     """A stride-2 transposed ``Conv1d`` (``[B, C_in, L] -> [B, C_out, 2L]``), same weights and result.
 
-    PyTorch's CPU kernel for grouped transposed convolutions is slow: 1.5 to 2x slower than it
-    need be for the MCNN's thin heads, and about 5x when a group widens (the last layer). Grouped
-    layers are computed here as one batched matrix product over the two output phases instead.
+    PyTorch's CPU kernels for transposed convolutions are slow for the MCNN's shapes, grouped ones
+    most: the layer is computed here as an ordinary convolution whose outputs are the two output
+    phases (even and odd samples), then interleaved; a grouped one as a batched matrix product over
+    the groups. The repacked weight is kept between calls when no gradient is wanted (and rebuilt
+    when the weight changes).
     """
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int, groups: int):
         super().__init__(in_ch, out_ch, kernel_size, stride=2, padding=(kernel_size - 2) // 2, groups=groups)
+        self._packed: tuple | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.groups == 1:
-            return super().forward(x)
-        phases = self.phases(x)                                                      # [B,g,2,co,L]
-        batch, g, _, co, length = phases.shape
-        return phases.permute(0, 1, 3, 4, 2).reshape(batch, g * co, 2 * length)
-
-    def phases(self, x: torch.Tensor, bias: bool = True) -> torch.Tensor:
-        """The output with its even and odd samples apart: ``[B, groups, 2, C_out / groups, L]``.
-
-        Output sample ``2m + r`` is ``phases[..., r, :, m]``. Interleaving them is a copy as
-        large as the output, which the MCNN's last layer leaves to the (much smaller) waveform.
-        Without ``bias`` the caller adds it (the MCNN adds it at frame rate, where it is cheap).
-        """
+    def packed(self) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Weight ``[groups, 2, C_out/g, C_in/g, k/2]``, bias ``[groups, 2, C_out/g]`` and, for each
+        output phase ``r``, the first of the ``k/2`` consecutive input shifts it reads: output
+        sample ``2m + r`` is ``sum_i weight[:, r, :, :, i] @ x[m + first[r] + i]``."""
+        # (parameters made under inference_mode have no version counter: not cached)
+        cache = not torch.is_grad_enabled() and not self.weight.is_inference()
+        key = (self.weight._version, self.weight.data_ptr(), self.bias._version, self.bias.data_ptr()) \
+            if cache else None
+        if cache and self._packed is not None and self._packed[0] == key:
+            return self._packed[1]
         g, k, p = self.groups, self.kernel_size[0], self.padding[0]
         cin, co = self.in_channels // g, self.out_channels // g
-        # output sample 2m + r takes tap j from input m + (r + p - j) / 2 when that is whole
-        taps = [(r, j, (r + p - j) // 2) for r in (0, 1) for j in range(k) if (r + p - j) % 2 == 0]
-        shifts = sorted({s for _, _, s in taps})
-        weight = self.weight.view(g, cin, co, k)
-        packed = x.new_zeros(g, 2, co, len(shifts), cin)
-        for r, j, s in taps:
-            packed[:, r, :, shifts.index(s), :] += weight[..., j].transpose(1, 2)
+        weight = self.weight.view(g, cin, co, k).permute(0, 2, 1, 3)                # [g,co,cin,k]
+        # output sample 2m + r takes tap j from input m + (r + p - j) / 2 when that is whole:
+        # the taps of one phase, in reverse, read consecutive inputs
+        phases, first = [], []
+        for r in (0, 1):
+            taps = [j for j in range(k) if (r + p - j) % 2 == 0]
+            phases.append(weight[..., taps[::-1]])
+            first.append((r + p - taps[-1]) // 2)
+        bias = self.bias.view(g, 1, co).expand(g, 2, co)
+        result = (torch.stack(phases, dim=1), bias, first)
+        self._packed = (key, result) if cache else None
+        return result
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias, first = self.packed()
+        g, co, cin = self.groups, self.out_channels // self.groups, self.in_channels // self.groups
+        width = weight.shape[-1]
         batch, _, length = x.shape
-        lo, hi = -min(shifts), max(shifts)
-        padded = F.pad(x, (lo, hi)).view(batch, g, cin, length + lo + hi)
-        stacked = torch.cat([padded[..., lo + s: lo + s + length] for s in shifts], dim=2)   # [B,g,S*cin,L]
-        stacked = stacked.view(batch * g, len(shifts) * cin, length)
-        packed = packed.view(1, g, 2 * co, len(shifts) * cin).expand(batch, -1, -1, -1)
-        out = torch.bmm(packed.reshape(batch * g, 2 * co, len(shifts) * cin), stacked)
-        out = out.view(batch, g, 2, co, length)
-        return out + self.bias.view(1, g, 1, co, 1) if bias else out
+        # every output position q of the padded input reads x[q - lo .. q - lo + width - 1]
+        lo, spread = -min(first), max(first) - min(first)
+        padded = F.pad(x, (lo, spread + width - 1 + min(first)))                          # [B,Cin,L+spread+width-1]
+        span = length + spread
+        if g == 1:
+            out = F.conv1d(padded, weight.reshape(2 * co, cin, width), bias.reshape(-1))    # [B,2co,span]
+            out = out.view(batch, 1, 2, co, span)
+        else:
+            stacked = torch.cat([padded.view(batch, g, cin, -1)[..., i: i + span] for i in range(width)],
+                                dim=2).view(batch * g, width * cin, span)                 # [B*g,width*cin,span]
+            rows = weight.transpose(3, 4).reshape(1, g, 2 * co, width * cin).expand(batch, -1, -1, -1)
+            out = torch.baddbmm(bias.reshape(1, g, 2 * co, 1).expand(batch, -1, -1, -1).reshape(batch * g, 2 * co, 1),
+                                rows.reshape(batch * g, 2 * co, -1), stacked).view(batch, g, 2, co, span)
+        even = out[:, :, 0, :, first[0] + lo: first[0] + lo + length]
+        odd = out[:, :, 1, :, first[1] + lo: first[1] + lo + length]
+        return torch.stack([even, odd], dim=-1).reshape(batch, g * co, 2 * length)
 
 
 class MCNN(nn.Module):
@@ -158,7 +192,10 @@ class MCNN(nn.Module):
         if cfg.excitation:
             self.register_buffer("edges", torch.tensor(cfg.band_edges(), dtype=torch.float64), persistent=False)
             self.register_buffer("noise", band_noise(cfg, self.NOISE_LENGTH), persistent=False)
-            # frame-rate log gains read straight off the mel; the heads add sample-rate detail
+            # the noise tables cut into segments: [segments, bands, gain_step]
+            self.register_buffer("noise_segments", self.noise.view(cfg.n_bands, -1, cfg.gain_step)
+                                 .transpose(0, 1).contiguous(), persistent=False)
+            # frame-rate log gains read straight off the mel; the heads add finer detail
             self.envelope = nn.Conv1d(cfg.n_mels, 2 * cfg.n_bands, 1)
             self._init_envelope()
             with torch.no_grad():
@@ -186,95 +223,123 @@ class MCNN(nn.Module):
             # calibrated by eye on a few notes; noise starts quieter
             self.envelope.bias.copy_(torch.tensor([cfg.mel_offset - 0.5, cfg.mel_offset - 3.0] * cfg.n_bands))
 
+    def harmonics(self, f0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For ``f0 [B]`` Hz: the first harmonic at or above each band edge, ``K [B, n_bands + 1]``
+        (float64; harmonics at or above Nyquist left out), and each band's normaliser ``[B, n_bands]``
+        (unit RMS for the band's harmonics, 0 for a band that holds none)."""
+        sr = self.cfg.sample_rate
+        f0 = f0.to(torch.float64).clamp(min=1.0)[:, None]
+        top = torch.floor((sr / 2 - 1e-6) / f0)                                     # highest below Nyquist
+        first = torch.minimum(torch.ceil(self.edges[None, :] / f0).clamp(min=1), top + 1)
+        count = (first[:, 1:] - first[:, :-1]).float()
+        norm = torch.where(count > 0, (2.0 / count.clamp(min=1)).sqrt(), torch.zeros_like(count))
+        return first, norm
+
     def harmonic_sources(self, f0: torch.Tensor, length: int) -> torch.Tensor:
         """Band-limited harmonic sources ``[B, n_bands, T]`` at ``f0 [B]`` Hz, unit RMS where not empty.
 
         Band ``b`` holds the harmonics ``k * f0`` that fall within its edges (and below Nyquist),
         all of amplitude one, summed in closed form: with ``K_j`` the first harmonic at or above
         edge ``j``, ``sum_{k=K_b..K_{b+1}-1} sin(k phi) = (C_b - C_{b+1}) / (2 sin(phi / 2))``
-        where ``C_j = cos((K_j - 1/2) phi)``; adjacent bands share their boundary term.
+        where ``C_j = cos((K_j - 1/2) phi)``. The reference for what :meth:`forward` computes by
+        segments.
         """
-        raw, norm = self._harmonic_parts(f0, length)
-        return raw * norm[..., None]
-
-    def _harmonic_parts(self, f0: torch.Tensor, length: int,
-                        split: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """The band sums ``[B, n_bands, T]`` before normalisation, and each band's normaliser ``[B, n_bands]``.
-
-        With ``split``, the sums come as ``[B, 2, n_bands, T / 2]``: even samples, then odd ones.
-        """
-        sr = self.cfg.sample_rate
-        f0 = f0.to(torch.float64).clamp(min=1.0)[:, None]                          # [B,1]
-        top = torch.floor((sr / 2 - 1e-6) / f0)                                    # highest harmonic below Nyquist
-        first = torch.minimum(torch.ceil(self.edges[None, :] / f0).clamp(min=1), top + 1)  # [B,bands+1]
-        count = (first[:, 1:] - first[:, :-1]).float()
+        first, norm = self.harmonics(f0)
         t = torch.arange(length, device=f0.device, dtype=torch.float64)
-        if split:
-            t = t.view(-1, 2).T.reshape(-1)
-        # the phase is wrapped in float64, so it stays exact over long notes; the trig runs in float32
-        phi = (torch.remainder(f0 * t[None, :] / sr, 1.0) * (2 * math.pi)).to(torch.float32)
-        if split:
-            phi = phi.view(-1, 2, 1, length // 2)
-        else:
-            phi = phi.view(-1, 1, length)
-        shape = first.shape[:1] + (1,) * (phi.dim() - 3) + first.shape[1:] + (1,)
-        bound = torch.cos((first.float() - 0.5).view(shape) * phi)                # [B,(2,)bands+1,T]
-        half = torch.sin(phi / 2)
-        # at phi = 0 every sine is zero; elsewhere |sin(phi/2)| is far from 0 at audio rates
-        inv = torch.where(half.abs() < 1e-4, torch.zeros_like(half), 0.5 / half)
-        norm = torch.where(count > 0, (2.0 / count.clamp(min=1)).sqrt(), torch.zeros_like(count))
-        return (bound[..., :-1, :] - bound[..., 1:, :]) * inv, norm
+        cycles = f0.to(torch.float64).clamp(min=1.0)[:, None] * t / self.cfg.sample_rate  # [B,T]
+        # phases wrapped in float64 so that they stay exact over long notes
+        bound = torch.cos(2 * math.pi * torch.remainder((first[..., None] - 0.5) * cycles[:, None], 1.0))
+        half = torch.sin(2 * math.pi * torch.remainder(cycles / 2, 1.0))[:, None]
+        # where sin(phi / 2) is 0 so is every band's sum: 1 / sin is only kept bounded
+        inv = (0.5 / half).clamp(-5e3, 5e3)
+        return ((bound[:, :-1] - bound[:, 1:]) * inv).float() * norm[..., None]
 
-    def noise_sources(self, length: int) -> torch.Tensor:
-        """The fixed band-limited noise tables, tiled to ``[n_bands, T]``."""
-        reps = -(-length // self.noise.shape[-1])
-        return self.noise.repeat(1, reps)[:, :length]
-
-    def forward(self, logmel: torch.Tensor, f0: torch.Tensor | None = None) -> torch.Tensor:
-        normed = (logmel - self.cfg.mel_offset) / self.cfg.mel_scale
+    def gains(self, logmel: torch.Tensor) -> torch.Tensor:
+        """Source gains ``[B, 2 * n_bands, F * hop / gain_step]`` at the start of each segment
+        (channel ``2b``: harmonic source of band ``b``, ``2b + 1``: its noise source), with the
+        band normalisers left out and the heads' scales in."""
+        cfg = self.cfg
+        normed = (logmel - cfg.mel_offset) / cfg.mel_scale
         x = normed
         for layer in self.layers[:-1]:
             x = F.elu(layer(x))
+        heads = self.layers[-1](x)                                                     # [B,2*bands,S]
+        batch, channels, segments = heads.shape
+        env = self.envelope(normed)                                                    # [B,2*bands,F]
+        frames = env.shape[-1]
+        per_frame = segments // frames
+        # frame f is centred on sample f * hop: between two centres the log gain moves linearly
+        step = F.pad(env, (0, 1), mode="replicate")[..., 1:] - env
+        ramp = torch.arange(per_frame, device=env.device, dtype=env.dtype) / per_frame
+        env = (env[..., None] + step[..., None] * ramp).reshape(batch, channels, segments)
+        # only the head scale's size counts: flipping a band-limited source's sign leaves its spectrum
+        scale = self.head_scale.abs().clamp(min=1e-30).log().repeat_interleave(2 * cfg.bands_per_head)
+        return torch.exp((heads + env + scale[:, None]).clamp(max=10.0))
+
+    def forward(self, logmel: torch.Tensor, f0: torch.Tensor | None = None) -> torch.Tensor:
         if not self.cfg.excitation:
-            heads = self.layers[-1](x)                                                  # [B,H,T]
-            summed = (heads * self.head_scale.view(1, -1, 1)).sum(dim=1)
+            x = (logmel - self.cfg.mel_offset) / self.cfg.mel_scale
+            for layer in self.layers[:-1]:
+                x = F.elu(layer(x))
+            summed = (self.layers[-1](x) * self.head_scale.view(1, -1, 1)).sum(dim=1)
             return self.out_gain * F.softsign(summed)
         if f0 is None:
             raise ValueError("this MCNN needs the note's f0 (Hz) as well as its log-mel")
-        # The last layer's even and odd samples stay apart (r = 0, 1: sample 2l + r) until the
-        # waveform, and everything at sample rate is computed in that order.
-        heads = self.layers[-1].phases(x, bias=False)                                   # [B,H,2,n*2,L]
-        batch, h, _, _, half = heads.shape
-        n, hop = self.cfg.bands_per_head, self.cfg.hop_length
-        length = 2 * half
-        # Constant factors go into the log gains at frame rate, where they are cheap: each band's
-        # normaliser and its head's scale. Only the scale's size counts: flipping the sign of a
-        # band-limited source leaves its spectrum as it is.
-        raw, norm = self._harmonic_parts(f0, length, split=True)                      # [B,2,bands,L]
-        scale = self.head_scale.abs().repeat_interleave(n).view(1, -1)                  # [1,bands]
-        log_coef = torch.stack([torch.log((norm * scale).clamp(min=1e-30)),
-                                torch.log(scale.clamp(min=1e-30)).expand(batch, -1)], dim=2)
-        log_coef = log_coef.view(batch, -1) + self.layers[-1].bias                      # the heads' bias too
-        env = self.envelope(normed) + log_coef[..., None]                              # [B,bands*2,F]
-        frames = env.shape[-1]
-        # frame f is centred on sample f * hop: between two centres the log gain moves linearly
-        step = F.pad(env, (0, 1), mode="replicate")[..., 1:] - env
-        shape = (batch, h, 1, n, 2, frames, 1)
-        start, step = env.view(shape), step.view(shape)
-        ramp = (torch.arange(hop // 2, device=env.device, dtype=env.dtype) * 2
-                + torch.arange(2, device=env.device, dtype=env.dtype)[:, None]) / hop    # [2, hop/2]
-        ramp = ramp.view(1, 1, 2, 1, 1, 1, hop // 2)
-        log_gains = heads.view(batch, h, 2, n, 2, frames, hop // 2)
-        if torch.is_grad_enabled():
-            gains = torch.exp(torch.addcmul(log_gains + start, step, ramp).clamp(max=10.0))
-        else:  # in place: at run time these are the largest tensors of the pass
-            gains = log_gains.add_(start).addcmul_(step, ramp).clamp_(max=10.0).exp_()
-        gains = gains.view(batch, h, 2, n, 2, half)                                    # [B,H,r,n,(harm,noise),L]
-        harmonic = raw.view(batch, 2, h, n, half).transpose(1, 2)                       # [B,H,r,n,L]
-        noise = self.noise_sources(length).view(h, n, half, 2).permute(0, 3, 1, 2)    # [H,r,n,L]
-        # one dimension at a time: a reduction over two strided dimensions at once is ~10x slower
-        summed = (gains[..., 0, :] * harmonic).sum(3).sum(1) + (gains[..., 1, :] * noise).sum(3).sum(1)
-        wave = summed.transpose(1, 2).reshape(batch, length)                            # interleave r
+        cfg = self.cfg
+        step, sr = cfg.gain_step, cfg.sample_rate
+        gains = self.gains(logmel)                                                     # [B,2*bands,S]
+        batch, _, segments = gains.shape
+        # gain at the start of each segment and at its end (the next one's start; the last holds)
+        ends = torch.cat([gains[..., 1:], gains[..., -1:]], dim=-1)
+
+        # Harmonic sources: sum_b g_b (C_b - C_{b+1}) / (2 sin(phi/2)) = sum_j C_j (g_j - g_{j-1}) / (2 sin(phi/2))
+        # with g_{-1} = g_bands = 0. At t = s * step + i, C_j = cos(a_js + b_ji) = cos a cos b - sin a sin b,
+        # so with gains linear in i, the numerator of each segment is one row of a
+        # [S, 4(bands+1)] x [4(bands+1), step] product; so is the denominator, of a [S, 2] x [2, step] one.
+        first, norm = self.harmonics(f0)
+        n = cfg.n_bands + 1
+        # cycles per sample of each C_j, and of sin(phase / 2) as row n: [B, bands+2]
+        rate = torch.cat([first - 0.5, torch.full_like(first[:, :1], 0.5)], dim=1) \
+            * (f0.to(torch.float64).clamp(min=1.0)[:, None] / sr)
+        # phases at the segment starts wrapped in float64, so that they stay exact over long notes;
+        # the trigonometry runs in float32
+        index = torch.arange(segments, device=gains.device, dtype=torch.float64)
+        a = torch.frac(rate[..., None] * (index * step)).mul_(2 * math.pi).float()      # [B,bands+2,S]
+        cos_a, sin_a = torch.cos(a), torch.sin(a)
+        b = (2 * math.pi * rate).float()[..., None] * torch.arange(step, device=gains.device,
+                                                                   dtype=torch.float32)  # [B,bands+2,step]
+        cos_b, sin_b = torch.cos(b), torch.sin(b)
+        ramp = torch.arange(step, device=gains.device, dtype=torch.float32) / step
+        rows = torch.cat([cos_b[:, :n], -sin_b[:, :n]], dim=1)
+        right = torch.cat([rows * (1 - ramp), rows * ramp], dim=1)                    # [B,4(bands+1),step]
+
+        def differences(g: torch.Tensor) -> torch.Tensor:                              # [B,bands+1,S]
+            g = F.pad(g[:, 0::2] * (0.5 * norm[..., None]), (0, 0, 1, 1))
+            return g[:, 1:] - g[:, :-1]
+
+        trig = torch.cat([cos_a[:, :n], sin_a[:, :n]], dim=1)                           # [B,2(bands+1),S]
+        d0, d1 = differences(gains), differences(ends)
+        left = torch.cat([d0.repeat(1, 2, 1), d1.repeat(1, 2, 1)], dim=1).mul_(trig.repeat(1, 2, 1))
+        harmonic = torch.bmm(left.transpose(1, 2), right)                              # [B,S,step]
+        # sin(phase / 2) = sin(a + b) with a, b of the last row. Where it is 0, so is every band's
+        # sum of sines: 1 / sin is bounded there rather than special-cased
+        half = torch.bmm(torch.stack([sin_a[:, n], cos_a[:, n]], dim=2),
+                         torch.stack([cos_b[:, n], sin_b[:, n]], dim=1))                # [B,S,step]
+        inv = half.reciprocal_().clamp_(-1e4, 1e4)
+
+        # Noise sources: with gains linear in i, sum_b N_b (g0_b + ramp (g1_b - g0_b)); both sums of
+        # a segment come out of one [2, bands] x [bands, step] product against the fixed tables
+        table = self.noise_segments
+        if segments > table.shape[0]:
+            table = table.repeat(-(-segments // table.shape[0]), 1, 1)
+        start = gains[:, 1::2]
+        # (contiguous: torch's batched product falls back to a loop over the batch otherwise)
+        noise_gains = torch.stack([start, ends[:, 1::2] - start], dim=1).permute(3, 0, 1, 2).contiguous()
+        sums = torch.bmm(noise_gains.view(segments, 2 * batch, -1), table[:segments])   # [S,B*2,step]
+        sums = sums.view(segments, batch, 2, step).transpose(0, 1)                      # [B,S,2,step]
+        noise = torch.addcmul(sums[:, :, 0], sums[:, :, 1], ramp)
+
+        wave = torch.addcmul(noise, harmonic, inv).reshape(batch, segments * step)
         return self.out_gain * F.softsign(wave / self.out_gain)
 
 
@@ -418,7 +483,8 @@ def train_mcnn(data_dir: str | Path, out_dir: str | Path, config: MCNNTrainConfi
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         model_cfg = MCNNConfig.from_dict(yaml.safe_load(state_cfg_path(out).read_text()))
     elif config.init:
-        model_cfg = load_mcnn(config.init).cfg
+        # the initial MCNN's config, changed by the `model` overrides (a new gain step, widths...)
+        model_cfg = MCNNConfig.from_dict({**load_mcnn(config.init).cfg.to_dict(), **config.model})
         if model_cfg.sample_rate != spectral.sample_rate or model_cfg.hop_length != spectral.hop_length:
             raise ValueError(f"{config.init} was trained for another sample rate or hop than {data_dir}")
         state_cfg_path(out).write_text(yaml.safe_dump(model_cfg.to_dict(), sort_keys=False))
@@ -435,8 +501,12 @@ def train_mcnn(data_dir: str | Path, out_dir: str | Path, config: MCNNTrainConfi
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     step = 0
     if state is None and config.init:
-        model.load_state_dict(load_mcnn(config.init).state_dict())
-        log.info("MCNN: starting from %s", config.init)
+        # every tensor whose shape still fits (with new widths, the envelope and scales at least)
+        own = model.state_dict()
+        fits = {k: v for k, v in load_mcnn(config.init).state_dict().items()
+                if k in own and v.shape == own[k].shape}
+        model.load_state_dict(fits, strict=False)
+        log.info("MCNN: starting from %s (%d of %d tensors)", config.init, len(fits), len(own))
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])

@@ -184,7 +184,7 @@ class Decoder(nn.Module):
 
     A mapping MLP turns ``[z, conditions]`` into ``w``; ``w`` sets the first ``start_frames``
     frames and, through AdaIN and FiLM, every up-sampling block. Inputs a variant does not use
-    are ignored (and may be ``None``).
+    are ignored (and may be ``None``); a missing velocity is taken as MIDI 100.
     """
 
     def __init__(self, cfg: ModelConfig):
