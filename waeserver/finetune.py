@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import logging
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ from torch import nn
 
 from waeserver.mcnn import MCNN, load_split, midi_to_f0
 from waeserver.modules import WAE
+from waeserver.plain import from_plain
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +42,7 @@ class FinetuneConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "FinetuneConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown fine-tuning settings: {', '.join(sorted(unknown))}")
-        return cls(**data)
+        return from_plain(cls, data, "fine-tuning settings")
 
 
 def note_tensors(ds, split: str, n_styles: int) -> dict[str, torch.Tensor]:

@@ -34,13 +34,15 @@ import csv
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from waeserver.plain import from_plain
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +100,8 @@ class MCNNConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "MCNNConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown MCNN settings: {', '.join(sorted(unknown))}")
         # configs written before gain_step existed computed a gain for every sample
-        return cls(**{"gain_step": 1, **data})
+        return from_plain(cls, {"gain_step": 1, **data}, "MCNN settings")
 
 
 class Upsample2(nn.ConvTranspose1d):
@@ -380,11 +378,7 @@ class MCNNTrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "MCNNTrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown MCNN training settings: {', '.join(sorted(unknown))}")
-        return cls(**data)
+        return from_plain(cls, data, "MCNN training settings")
 
 
 def load_split(ds, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -11,11 +11,13 @@ trained model needs nothing from its dataset to be used.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from waeserver.plain import from_plain
 
 VARIANTS = ("wae-mmd", "wae-note", "wae-style", "wae-fader")
 N_PITCH_CLASSES = 12
@@ -67,11 +69,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown model settings: {', '.join(sorted(unknown))}")
-        return cls(**data)
+        return from_plain(cls, data, "model settings")
 
 
 def pitch_classes(pitch: torch.Tensor) -> torch.Tensor:

@@ -10,11 +10,13 @@ Shapes: waveforms are ``[B, T]``, magnitudes ``[B, n_fft // 2 + 1, frames]``, lo
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from torch import nn
+
+from waeserver.plain import from_plain
 
 
 @dataclass(frozen=True)
@@ -44,11 +46,7 @@ class SpectralConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "SpectralConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown spectral settings: {', '.join(sorted(unknown))}")
-        return cls(**data)
+        return from_plain(cls, data, "spectral settings")
 
 
 def hz_to_mel(hz: np.ndarray) -> np.ndarray:
