@@ -4,7 +4,9 @@ First a probe client alone counts the server's xruns for ``--seconds`` (the base
 machine shows even idle). Then the daemon joins; with the sustain pedal down the probe keeps 32
 voices sounding (32 pitches struck again every second, over JACK MIDI) while another thread moves
 a style fader with 100 OSC messages a second, for as long again. Both counts come from the same
-probe's xrun callback; the daemon's own count and load come from ``/wae/status``.
+probe's xrun callback; the daemon's own count and load come from ``/wae/status``. The fader
+messages come from a process of their own, so the probe's Python callback shares its interpreter
+lock with nothing busy (as in the idle baseline): the xruns counted are the daemon's.
 
     python benchmarks/live_xruns.py [--model B] [--seconds 60] [--json out.json]
 """
@@ -15,13 +17,28 @@ import argparse
 import json
 import math
 import os
+import multiprocessing
 import platform
-import threading
+import sys
 import time
 import uuid
 from pathlib import Path
 
 from live_latency import PERIOD, RATE, Osc, Probe, free_port, pick_model, start_daemon, start_jackd
+
+
+def move_fader(port: int, style: str, rate: float, seconds: float, sent) -> None:
+    """Send ``/wae/style style v`` ``rate`` times a second for ``seconds`` (a process of its own)."""
+    from pythonosc.udp_client import SimpleUDPClient
+
+    client = SimpleUDPClient("127.0.0.1", port)
+    t0 = time.monotonic()
+    n = 0
+    while (t := time.monotonic() - t0) < seconds:
+        client.send_message("/wae/style", [style, 0.5 + 0.5 * math.sin(2 * math.pi * 0.2 * t)])
+        n += 1
+        time.sleep(max(0.0, t0 + n / rate - time.monotonic()))
+    sent.value = n
 
 
 def main() -> None:
@@ -34,6 +51,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    sys.setswitchinterval(0.0005)  # as in the daemon: the probe's callback waits little for the GIL
     model, about = pick_model(args.model)
     server = f"waebench-{uuid.uuid4().hex[:8]}"
     jackd = start_jackd(server, args.realtime)
@@ -54,20 +72,12 @@ def main() -> None:
         osc.send("/wae/model/info")
         info = osc.wait("/wae/model/info.reply", 5.0)
         low, style = 40, info[-1]
-        stop = threading.Event()
-        sent = [0]
-
-        def morph():
-            t0 = time.monotonic()
-            while not stop.is_set():
-                t = time.monotonic() - t0
-                osc.send("/wae/style", style, 0.5 + 0.5 * math.sin(2 * math.pi * 0.2 * t))
-                sent[0] += 1
-                time.sleep(max(0.0, t0 + sent[0] / args.fader_rate - time.monotonic()))
+        ctx = multiprocessing.get_context("spawn")
+        sent = ctx.Value("i", 0)
+        mover = ctx.Process(target=move_fader, args=(port, style, args.fader_rate, args.seconds, sent))
 
         probe.midi(bytes([0xB0, 64, 127]))
         base = probe.xruns
-        mover = threading.Thread(target=morph, daemon=True)
         t_start = time.monotonic()
         mover.start()
         voices = []
@@ -80,13 +90,12 @@ def main() -> None:
             if status:
                 voices.append(status[0])
             time.sleep(0.5)
-        stop.set()
         mover.join()
         elapsed = time.monotonic() - t_start
         report["loaded_xruns"] = probe.xruns - base
         osc.send("/wae/status")
         status = osc.wait("/wae/status.reply", 5.0)
-        report.update({"fader_msgs_per_s": round(sent[0] / elapsed, 1),
+        report.update({"fader_msgs_per_s": round(sent.value / elapsed, 1),
                        "voices_sounding_min": min(voices), "voices_sounding_mean": round(sum(voices) / len(voices), 1),
                        "daemon_xruns": status[1], "jack_cpu_load": round(status[2], 1),
                        "render_ms_p50": round(status[3], 2), "render_ms_p99": round(status[4], 2)})
