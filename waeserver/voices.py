@@ -20,6 +20,7 @@ import numpy as np
 
 FADE_S = 0.005        # steal and panic fade
 XFADE_S = 0.010       # stand-in to fresh render crossfade
+ARRIVALS_PER_PERIOD = 4  # a chord's fresh renders start their crossfades over a few periods, not in one
 LATENCY_SLOTS = 256   # recent note latencies kept for /wae/status
 
 FREE, PENDING, PLAYING, RELEASED, FADING = range(5)
@@ -146,7 +147,7 @@ class VoicePool:
         arrivals = self.cache.arrivals
         if arrivals and not any(v.state == PENDING or v.waiting for v in self.voices):
             arrivals.clear()      # refills nobody waits for
-        while arrivals:
+        for _ in range(min(len(arrivals), ARRIVALS_PER_PERIOD)):
             pitch, audio = arrivals.popleft()
             self._arrived(pitch, audio)
         end = self.frame + n
