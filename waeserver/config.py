@@ -13,9 +13,9 @@ import ipaddress
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import yaml
 
 from waeserver.midi import curve_exponent
+from waeserver.plain import read_yaml
 
 
 class ConfigError(ValueError):
@@ -171,12 +171,7 @@ def validate(values: dict) -> ServeConfig:
 def read_config(path: str | Path) -> dict:
     """The option values of a YAML config file (not yet validated)."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    data = read_yaml(path, "config", ConfigError)
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import yaml
 
 from waeserver.config import add_config_arguments, resolve
+from waeserver.plain import read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +64,7 @@ def read_song(path: Path) -> list[tuple[float, bytes]]:
 
 def read_automation(path: Path) -> list[tuple[float, str, list]]:
     """The events of an automation file, checked for shape, in time order."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise OSError(f"cannot read automation {path}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise ValueError(f"automation {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    data = read_yaml(path, "automation")
     if isinstance(data, dict):
         if set(data) != {"events"}:
             raise ValueError(f"automation {path} must be a list of events (or a mapping with just 'events')")

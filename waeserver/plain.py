@@ -11,3 +11,22 @@ def from_plain(cls, data: dict, what: str):
     if unknown:
         raise ValueError(f"unknown {what}: {', '.join(sorted(unknown))}")
     return cls(**data)
+
+
+def read_yaml(path, what: str, error: type[Exception] = ValueError):
+    """The YAML document at ``path`` (``yaml.safe_load``), or one clear line naming ``what`` it is.
+
+    An unreadable file raises ``error`` (OSError keeps its type when ``error`` is ValueError,
+    so callers can tell a missing file from a bad one); bad YAML raises ``error``.
+    """
+    import yaml
+
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        cls = OSError if error is ValueError else error
+        raise cls(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise error(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
