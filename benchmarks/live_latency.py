@@ -122,6 +122,7 @@ class Probe:
         self.rec = np.zeros(seconds * self.client.samplerate, np.float32)
         self.n = 0
         self.xruns = 0
+        self.done_at = 0          # the latest this client's callback ended, in frames from its cycle's start
         self.outgoing: deque = deque()
         self.sent: list[int] = []
         self.client.set_process_callback(self._process)
@@ -143,14 +144,19 @@ class Probe:
         if self.n + frames <= len(self.rec):
             self.rec[self.n:self.n + frames] = self.inp.get_array()
             self.n += frames
+        self.done_at = max(self.done_at, self.client.frames_since_cycle_start)
 
     def midi(self, data: bytes, offset: int = 0) -> int:
         """Send ``data`` at ``offset`` in the next period; returns its frame in the recording."""
+        return self.midi_many([(offset, data)])[0]
+
+    def midi_many(self, events: list[tuple[int, bytes]]) -> list[int]:
+        """Send ``(offset, data)`` events (offsets ascending) in one period; their frames."""
         count = len(self.sent)
-        self.outgoing.append((offset, data))
-        while len(self.sent) == count:
+        self.outgoing.extend(events)
+        while len(self.sent) < count + len(events):
             time.sleep(0.001)
-        return self.sent[count]
+        return self.sent[count:count + len(events)]
 
     def close(self) -> None:
         self.client.deactivate()

@@ -1,14 +1,16 @@
 """Xruns of a dummy JACK server: idle, then with ``waeserver serve`` under load, in the same run.
 
-First a probe client alone counts the server's xruns for ``--seconds`` (the baseline a loaded
-machine shows even idle). Then the daemon joins; with the sustain pedal down the probe keeps 32
-voices sounding (32 pitches struck again every second, over JACK MIDI) while another thread moves
-a style fader with 100 OSC messages a second, for as long again. Both counts come from the same
-probe's xrun callback; the daemon's own count and load come from ``/wae/status``. The fader
-messages come from a process of their own, so the probe's Python callback shares its interpreter
-lock with nothing busy (as in the idle baseline): the xruns counted are the daemon's.
+Each round first lets a probe client alone count the server's xruns for ``--seconds`` (the
+baseline a loaded machine shows even idle). Then the daemon joins; with the sustain pedal down the
+probe strikes a 32-note chord every second (all 32 note-ons in one period, on 32 different frames,
+over JACK MIDI), so 32 voices keep sounding, while a style fader moves with 100 OSC messages a
+second, for as long again; then the daemon stops. ``--rounds`` repeats this on the same JACK
+server, so idle and loaded stretches alternate. Both counts come from the same probe's xrun
+callback; the daemon's slowest callback and load come from ``/wae/status``. The fader messages
+come from a process of their own, so the probe's Python callback shares its interpreter lock with
+nothing busy (as in the idle baseline): the xruns counted are the daemon's.
 
-    python benchmarks/live_xruns.py [--model B] [--seconds 60] [--json out.json]
+    python benchmarks/live_xruns.py [--model B] [--seconds 60] [--rounds 1] [--realtime] [--json out.json]
 """
 
 from __future__ import annotations
@@ -41,10 +43,60 @@ def move_fader(port: int, style: str, rate: float, seconds: float, sent) -> None
     sent.value = n
 
 
+def loaded_round(model: str, server: str, args) -> dict:
+    """The daemon under load for ``args.seconds``: xruns the probe saw, and the daemon's figures."""
+    port = free_port()
+    daemon = start_daemon(model, server, port)
+    try:
+        probe = Probe(server, seconds=1)
+        osc = Osc(port)
+        osc.send("/wae/model/info")
+        info = osc.wait("/wae/model/info.reply", 5.0)
+        low, style = 40, info[-1]
+        ctx = multiprocessing.get_context("spawn")
+        sent = ctx.Value("i", 0)
+        mover = ctx.Process(target=move_fader, args=(port, style, args.fader_rate, args.seconds, sent))
+        chord_on = [(i * (PERIOD // args.voices), bytes([0x90, low + i, 90])) for i in range(args.voices)]
+        probe.midi(bytes([0xB0, 64, 127]))
+        base = probe.xruns
+        t_start = time.monotonic()
+        mover.start()
+        voices, callback_ms, callback_end_ms = [], [], []
+        while time.monotonic() - t_start < args.seconds:
+            probe.midi_many(chord_on)
+            time.sleep(0.5)
+            osc.send("/wae/status")
+            status = osc.wait("/wae/status.reply", 1.0)
+            if status:
+                voices.append(status[0])
+                callback_ms.append(status[11])
+                callback_end_ms.append(status[12])
+            time.sleep(0.5)
+        mover.join()
+        elapsed = time.monotonic() - t_start
+        xruns = probe.xruns - base
+        probe_end_ms = 1000.0 * probe.done_at / RATE
+        osc.send("/wae/status")
+        status = osc.wait("/wae/status.reply", 5.0)
+        probe.midi(bytes([0xB0, 64, 0]))
+        osc.close()
+        probe.close()
+    finally:
+        daemon.terminate()
+        daemon.wait(10)
+    return {"xruns": xruns, "seconds": round(elapsed, 1), "fader_msgs_per_s": round(sent.value / elapsed, 1),
+            "voices_sounding_min": min(voices), "voices_sounding_mean": round(sum(voices) / len(voices), 1),
+            "daemon_xruns": status[1], "jack_cpu_load": round(status[2], 1),
+            "callback_ms_max": round(max(callback_ms), 2), "callback_end_ms_max": round(max(callback_end_ms), 2),
+            "probe_end_ms_max": round(probe_end_ms, 2),
+            "render_ms_p50": round(status[3], 2), "render_ms_p99": round(status[4], 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model")
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--rounds", type=int, default=1, help="idle then loaded, this many times")
     parser.add_argument("--voices", type=int, default=32)
     parser.add_argument("--fader-rate", type=float, default=100.0, help="fader messages a second")
     parser.add_argument("--realtime", action="store_true", help="run jackd with -R (SCHED_FIFO where allowed)")
@@ -57,59 +109,27 @@ def main() -> None:
     jackd = start_jackd(server, args.realtime)
     report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                          f"dummy JACK {RATE} Hz / {PERIOD} frames{', realtime' if args.realtime else ''}",
-              "model": about, "seconds": args.seconds}
+              "model": about, "seconds": args.seconds, "rounds": []}
     try:
-        idle = Probe(server, seconds=1, daemon="")
-        time.sleep(args.seconds)
-        report["idle_xruns"] = idle.xruns
-        idle.close()
-        print(f"idle JACK: {report['idle_xruns']} xruns in {args.seconds:.0f} s")
-
-        port = free_port()
-        daemon = start_daemon(model, server, port)
-        probe = Probe(server, seconds=1)
-        osc = Osc(port)
-        osc.send("/wae/model/info")
-        info = osc.wait("/wae/model/info.reply", 5.0)
-        low, style = 40, info[-1]
-        ctx = multiprocessing.get_context("spawn")
-        sent = ctx.Value("i", 0)
-        mover = ctx.Process(target=move_fader, args=(port, style, args.fader_rate, args.seconds, sent))
-
-        probe.midi(bytes([0xB0, 64, 127]))
-        base = probe.xruns
-        t_start = time.monotonic()
-        mover.start()
-        voices = []
-        while time.monotonic() - t_start < args.seconds:
-            for i in range(args.voices):
-                probe.midi(bytes([0x90, low + i, 90]))
-            time.sleep(0.5)
-            osc.send("/wae/status")
-            status = osc.wait("/wae/status.reply", 1.0)
-            if status:
-                voices.append(status[0])
-            time.sleep(0.5)
-        mover.join()
-        elapsed = time.monotonic() - t_start
-        report["loaded_xruns"] = probe.xruns - base
-        osc.send("/wae/status")
-        status = osc.wait("/wae/status.reply", 5.0)
-        report.update({"fader_msgs_per_s": round(sent.value / elapsed, 1),
-                       "voices_sounding_min": min(voices), "voices_sounding_mean": round(sum(voices) / len(voices), 1),
-                       "daemon_xruns": status[1], "jack_cpu_load": round(status[2], 1),
-                       "render_ms_p50": round(status[3], 2), "render_ms_p99": round(status[4], 2)})
-        print(f"with the daemon: {report['loaded_xruns']} xruns in {elapsed:.0f} s, "
-              f"{report['voices_sounding_mean']} voices on average (counting fading tails), "
-              f"{report['fader_msgs_per_s']} fader messages/s")
-        probe.midi(bytes([0xB0, 64, 0]))
-        osc.close()
-        probe.close()
-        daemon.terminate()
-        daemon.wait(10)
+        for r in range(args.rounds):
+            idle = Probe(server, seconds=1, daemon="")
+            time.sleep(args.seconds)
+            idle_xruns = idle.xruns
+            idle.close()
+            loaded = loaded_round(model, server, args)
+            report["rounds"].append({"idle_xruns": idle_xruns, **loaded})
+            print(f"round {r + 1}: idle JACK {idle_xruns} xruns in {args.seconds:.0f} s; with the daemon "
+                  f"{loaded['xruns']} xruns in {loaded['seconds']:.0f} s ({loaded['voices_sounding_mean']} voices "
+                  f"on average, {loaded['fader_msgs_per_s']} fader messages/s, slowest callback "
+                  f"{loaded['callback_ms_max']} ms, ending at most {loaded['callback_end_ms_max']} ms into "
+                  f"its {1000 * PERIOD / RATE:.2f} ms period; the probe's at most {loaded['probe_end_ms_max']} ms)",
+                  flush=True)
     finally:
         jackd.terminate()
         jackd.wait(10)
+    rounds = report["rounds"]
+    report["idle_xruns"] = sum(r["idle_xruns"] for r in rounds)
+    report["loaded_xruns"] = sum(r["xruns"] for r in rounds)
     print(json.dumps(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

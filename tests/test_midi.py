@@ -53,11 +53,11 @@ def test_channel_filter(parsed):
 
 def test_pedals_bend_and_silencers(parsed):
     midi, calls, _, _ = parsed
-    for data in ([0xB0, 64, 64], [0xB0, 64, 63], [0xE0, 0x7F, 0x7F], [0xE0, 0, 0x40], [0xE0, 0, 0],
-                 [0xB0, 120, 0], [0xB0, 123, 0]):
-        midi.handle(bytes(data))
-    assert calls == [("sustain", True), ("sustain", False), ("bend", 8191), ("bend", 0), ("bend", -8192),
-                     ("panic",), ("all_notes_off",)]
+    for at, data in enumerate(([0xB0, 64, 64], [0xB0, 64, 63], [0xE0, 0x7F, 0x7F], [0xE0, 0, 0x40], [0xE0, 0, 0],
+                               [0xB0, 120, 0], [0xB0, 123, 0])):
+        midi.handle(bytes(data), at)
+    assert calls == [("sustain", True, 0), ("sustain", False, 1), ("bend", 8191, 2), ("bend", 0, 3),
+                     ("bend", -8192, 4), ("panic", 5), ("all_notes_off", 6)]
 
 
 def test_cc_map_learn_and_program_go_to_the_control_thread(parsed):

@@ -228,3 +228,39 @@ def test_refill_renders_recently_played_pitches_first(engine):
     assert renderer.step() and cache.fresh[65]
     renderer.note_ms = renderer.slice_ms / 100    # a fast device: full batches
     assert renderer.refill_batch() == renderer.batch
+
+
+def test_a_chord_on_many_frames_mixes_each_voice_once_per_event(engine, monkeypatch):
+    """Notes of one period start on their own frames, and the period costs a mix per voice plus one
+    per event touching it (not a mix of the whole pool per event)."""
+    _, _, _, pool = engine
+    pool.sustain(True)
+    play(pool, 1, [(0, "note_on", (60, 1.0)), (0, "note_on", (62, 1.0))])
+    calls = []
+    mix_voice = pool._mix_voice
+    monkeypatch.setattr(pool, "_mix_voice", lambda v, a, b: (calls.append(v.pitch), mix_voice(v, a, b)))
+    out = play(pool, 1, [(40, "note_off", (60,)), (90, "note_off", (62,)), (150, "note_on", (64, 1.0)),
+                         (151, "bend", (0,)), (152, "bend", (0,))])
+    # 60 and 62 once each (sustained: a note-off changes nothing audible), 64 from frame 150 once
+    assert sorted(calls) == [60, 60, 62, 62, 64]
+    assert sum(1 for v in pool.voices if v.state == PLAYING) == 3
+    new = VoicePool(RATE, pool.cache, polyphony=3)
+    alone = play(new, 1, [(150, "note_on", (64, 1.0))])
+    assert not alone[:150].any() and alone[150:].any()
+    reference = np.zeros(PERIOD, np.float32)
+    for p in (60, 62):
+        reference += pool.cache.audio[p][PERIOD:2 * PERIOD]
+    np.testing.assert_allclose(out, np.clip(reference + alone, -1, 1), atol=1e-6)
+
+
+def test_bend_and_pedal_take_effect_on_their_frame(engine):
+    _, _, _, pool = engine
+    play(pool, 1, [(0, "note_on", (60, 1.0))])
+    voice = next(v for v in pool.voices if v.state == PLAYING)
+    before = voice.pos
+    play(pool, 1, [(100, "bend", (8191,))])
+    assert voice.pos - before == pytest.approx(100 + (PERIOD - 100) * 2 ** (2 * 8191 / 8192 / 12), rel=1e-6)
+    play(pool, 1, [(0, "bend", (0,)), (0, "sustain", (True,)), (10, "note_off", (60,))])
+    play(pool, 1, [(200, "sustain", (False,))])
+    assert voice.state == RELEASED
+    assert voice.level == pytest.approx(1.0 - (PERIOD - 200) / (pool.release * RATE))  # fading from frame 200

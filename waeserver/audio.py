@@ -1,20 +1,23 @@
 """The JACK client: audio outputs ``out_1``/``out_2``, MIDI input ``midi_in``, and the process callback.
 
-The callback is the whole real-time path: it splits the period at the frame offsets of the
-incoming MIDI events, lets the MIDI parser act on the voices between segments (so notes start on
-the frame they were played), mixes the voices from renders already in the cache, and writes the
-same mono mix to both outputs. It takes no lock, does no logging and never touches torch; the
-only allocations are the small Python objects JACK-Client itself hands over (port views, event
-tuples).
+The callback is the whole real-time path: it hands the period's MIDI events to the parser with
+their frame offsets (so notes start on the frame they were played), mixes the voices from renders
+already in the cache, and writes the same mono mix to both outputs. It takes no lock, does no
+logging and never touches torch; the only allocations are the small Python objects JACK-Client
+itself hands over (port views, event tuples).
 """
 
 from __future__ import annotations
 
 import logging
+from time import perf_counter
 
 import jack
+import numpy as np
 
 log = logging.getLogger(__name__)
+
+TIMED_PERIODS = 4096   # recent callbacks whose duration is kept (about 22 s at 48 kHz / 256)
 
 
 class JackAudio:
@@ -34,6 +37,9 @@ class JackAudio:
         self.xruns = 0
         self.errors = 0
         self.gone = False
+        self.took = np.zeros(TIMED_PERIODS)   # seconds each recent callback took
+        self.done_at = np.zeros(TIMED_PERIODS)   # frames from its cycle's start to its end
+        self.calls = 0
 
     @property
     def rate(self) -> int:
@@ -83,6 +89,15 @@ class JackAudio:
         except jack.JackError:
             return 0.0
 
+    def callback_ms(self) -> tuple[float, float]:
+        """Over recent periods: the longest the callback's own work took, and the latest it ended
+        counted from its JACK cycle's start (which adds any wait to be scheduled and for the
+        interpreter lock); both in ms, to compare with the period."""
+        n = min(self.calls, TIMED_PERIODS)
+        if n == 0:
+            return 0.0, 0.0
+        return float(self.took[:n].max()) * 1000.0, float(self.done_at[:n].max()) * 1000.0 / self.pool.rate
+
     def playback_latency(self) -> int:
         """Frames from our output port to the sound card, as JACK reports them."""
         try:
@@ -92,22 +107,22 @@ class JackAudio:
 
     # --- callbacks (JACK's threads) ------------------------------------------------------------
     def _process(self, frames: int) -> None:
+        t0 = perf_counter()
         out = self.out_1.get_array()
         try:
             pool, midi = self.pool, self.midi
             pool.begin(frames)
-            pos = 0
             for offset, data in self.midi_in.incoming_midi_events():
-                if offset > pos:
-                    pool.mix(pos, offset)
-                    pos = offset
                 midi.handle(bytes(data), offset)
-            pool.mix(pos, frames)
             pool.finish(out)
         except Exception:  # counted and reported by the main thread; JACK must keep calling us
             self.errors += 1
             out.fill(0.0)
         self.out_2.get_array()[:] = out
+        i = self.calls % TIMED_PERIODS
+        self.took[i] = perf_counter() - t0
+        self.done_at[i] = self.client.frames_since_cycle_start
+        self.calls += 1
 
     def _xrun(self, delay_usecs: float) -> None:
         self.xruns += 1

@@ -84,11 +84,11 @@ class MidiIn:
         elif kind == 0xB0:
             cc, value = data[1], data[2]
             if cc == SUSTAIN:
-                voices.sustain(value >= 64)
+                voices.sustain(value >= 64, at)
             elif cc == ALL_SOUND_OFF:
-                voices.panic()
+                voices.panic(at)
             elif cc == ALL_NOTES_OFF:
-                voices.all_notes_off()
+                voices.all_notes_off(at)
             elif settings.learn is not None:  # bind here, so the very next move already counts
                 target, settings.learn = settings.learn, None
                 settings.cc_map = {**settings.cc_map, cc: target}
@@ -98,7 +98,7 @@ class MidiIn:
         elif kind == 0xC0:
             self.control(("program", data[1]))
         elif kind == 0xE0:
-            voices.bend((data[2] << 7 | data[1]) - 8192)
+            voices.bend((data[2] << 7 | data[1]) - 8192, at)
 
 
 def open_inputs(patterns: list[str], midi: MidiIn) -> list:

@@ -128,14 +128,10 @@ def render_song(inst, commands, song: list[tuple[float, bytes]], automation: lis
             block.append((max(0, int(round(t * rate)) - frame), data))
             i_song += 1
         pool.begin(PERIOD)
-        pos = 0
         for offset, data in block:
-            pool.mix(pos, offset)
-            pos = offset
             if len(data) == 3 and data[0] & 0xF0 == 0x90 and data[2] > 0:
                 ensure(data[1])
             inst.midi.handle(data, offset)
-        pool.mix(pos, PERIOD)
         pool.finish(out[frame:end])
         while inst.controls:
             inst.control(inst.controls.popleft())

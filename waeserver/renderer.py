@@ -80,7 +80,8 @@ def synthesize_notes(bundle, pitches: list[int], velocity: float, styles: np.nda
 
 
 def _worker_main(conn, path: str, device: str, rate: int, velocity: float) -> None:
-    """The render process: load the bundle, then answer ``(pitches, styles, zs)`` with notes."""
+    """The render process: load the bundle, then answer ``(pitches, styles, zs)`` with notes: their
+    lengths, then each note's raw float32 samples as a message of its own (see RenderWorker)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the daemon's to handle
@@ -103,14 +104,20 @@ def _worker_main(conn, path: str, device: str, rate: int, velocity: float) -> No
     while True:   # until the daemon terminates this process
         job = conn.recv()
         try:
-            conn.send(synthesize_notes(bundle, job[0], velocity, job[1], job[2], rate))
+            notes = synthesize_notes(bundle, job[0], velocity, job[1], job[2], rate)
         except Exception as exc:
             conn.send(str(exc) or type(exc).__name__)
+            continue
+        conn.send([len(note) for note in notes])
+        for note in notes:
+            conn.send_bytes(note)
 
 
 class RenderWorker:
     """The model in a process of its own, so that its Python work never holds the daemon's GIL
-    while the audio callback waits for it. Renders go back through a pipe (about 0.3 MB a note)."""
+    while the audio callback waits for it. Renders come back through a pipe as raw samples, one
+    message a note (about 0.3 MB): unpickling a whole batch at once would hold the daemon's
+    interpreter lock for milliseconds in one call, which the audio thread cannot interrupt."""
 
     def __init__(self, path: str, device: str, rate: int, velocity: float = RENDER_VELOCITY):
         self.path, self.device, self.rate, self.velocity = str(path), str(device), rate, velocity
@@ -130,10 +137,10 @@ class RenderWorker:
 
     def render(self, pitches: list[int], styles: np.ndarray, zs: np.ndarray) -> list[np.ndarray]:
         self._conn.send((list(pitches), styles, zs))
-        result = self._conn.recv()
-        if isinstance(result, str):
-            raise RuntimeError(f"render failed: {result}")
-        return result
+        lengths = self._conn.recv()
+        if isinstance(lengths, str):
+            raise RuntimeError(f"render failed: {lengths}")
+        return [np.frombuffer(self._conn.recv_bytes(), np.float32) for _ in lengths]
 
     def close(self) -> None:
         """Stop the process now; a render in progress is thrown away."""

@@ -1,11 +1,14 @@
 """The voice pool: polyphony, envelopes, sustain, pitch bend and stealing, mixed from rendered notes.
 
 Everything here runs on the audio thread (or the offline clock): :meth:`VoicePool.begin`, then
-:meth:`VoicePool.mix` over the segments between events of one period, then
-:meth:`VoicePool.finish`. Other threads talk to it only through :attr:`VoicePool.posts` (see
-:class:`Poster`), applied at the start of the next period. Mixing uses preallocated buffers and
-never waits for the renderer: a note-on takes the cache's render as it is (see
-:meth:`VoicePool.note_on` for the stand-in policy).
+the period's actions at their frame offsets (``at``), then :meth:`VoicePool.finish`. Each voice
+is mixed lazily: an action that changes a voice first mixes that voice up to the action's frame,
+and ``finish`` mixes every voice to the end of the period. So a period costs one mix per sounding
+voice plus one per event, not one per voice per event (a 32-note chord whose notes arrive on 32
+different frames would otherwise mix the whole pool 33 times). Other threads talk to the pool only
+through :attr:`VoicePool.posts` (see :class:`Poster`), applied at the start of the next period.
+Mixing uses preallocated buffers and never waits for the renderer: a note-on takes the cache's
+render as it is (see :meth:`VoicePool.note_on` for the stand-in policy).
 
 Stealing (when ``polyphony`` voices sound): a free slot, else the oldest released voice, else the
 oldest voice of the same pitch, else the oldest voice. The stolen voice fades out over
@@ -30,10 +33,12 @@ class Voice:
     """One sounding note: a render, a read position (fractional under pitch bend) and an envelope."""
 
     __slots__ = ("state", "pitch", "gain", "audio", "pos", "level", "slope", "held", "sustained", "age",
-                 "released_at", "standin", "waiting", "wait", "hold", "on_frame", "old", "xfade")  # wait: deadline frame
+                 "released_at", "standin", "waiting", "wait", "hold", "on_frame", "old", "xfade", "done")
+    # wait: deadline frame; done: frames of this period already mixed
 
     def __init__(self):
         self.state = FREE
+        self.done = 0
         self.begin(-1, 0.0, 0, 0, -1)
         self.held = False
 
@@ -57,16 +62,16 @@ class Poster:
     def note_off(self, pitch: int, at: int = 0) -> None:
         self._posts.append(("note_off", (pitch,)))
 
-    def sustain(self, on: bool) -> None:
+    def sustain(self, on: bool, at: int = 0) -> None:
         self._posts.append(("sustain", (on,)))
 
-    def bend(self, value: int) -> None:
+    def bend(self, value: int, at: int = 0) -> None:
         self._posts.append(("bend", (value,)))
 
-    def panic(self) -> None:
+    def panic(self, at: int = 0) -> None:
         self._posts.append(("panic", ()))
 
-    def all_notes_off(self) -> None:
+    def all_notes_off(self, at: int = 0) -> None:
         self._posts.append(("all_notes_off", ()))
 
     def sync(self, token) -> None:
@@ -138,6 +143,8 @@ class VoicePool:
         """Start a period of ``n`` frames: apply posted actions and newly rendered notes."""
         self._n = n
         self.buf[:n] = 0.0
+        for v in self.voices:
+            v.done = 0
         while self.posts:
             name, args = self.posts.popleft()
             if name == "sync":
@@ -155,17 +162,13 @@ class VoicePool:
             if v.state == PENDING and v.standin is not None and v.wait < end:
                 self._play_standin(v, 0)
 
-    def mix(self, start: int, end: int) -> None:
-        """Mix every voice into ``buf[start:end]``."""
-        if end <= start:
-            return
-        for v in self.voices:
-            if v.state != FREE:
-                self._mix_voice(v, start, end)
-
     def finish(self, out: np.ndarray) -> None:
-        """Write the period to ``out [n]``: master gain (ramped when it changed), clipped to ±1."""
+        """Mix every voice to the end of the period and write it to ``out [n]``: master gain (ramped
+        when it changed), clipped to ±1."""
         n = self._n
+        for v in self.voices:
+            if v.state != FREE and v.done < n:
+                self._upto(v, n)
         buf = self.buf[:n]
         target = self.gain
         if target != self._gain_now:
@@ -185,11 +188,8 @@ class VoicePool:
         self.begin(n)
         pos = 0
         for offset, action, args in events:
-            offset = min(max(offset, pos), n)
-            self.mix(pos, offset)
-            pos = offset
-            getattr(self, action)(*args)
-        self.mix(pos, n)
+            pos = min(max(offset, pos), n)
+            getattr(self, action)(*args, at=pos)
         self.finish(out)
 
     # --- actions (audio thread) ----------------------------------------------------------------
@@ -205,9 +205,10 @@ class VoicePool:
         if not cache.playable(pitch):
             self.out_of_range += 1
             return
-        v = self._allocate(pitch)
+        v = self._allocate(pitch, at)
         self._age += 1
         v.begin(pitch, gain, self._age, self.frame + at, hold)
+        v.done = at
         audio, fresh = cache.take(pitch)
         if fresh:
             self.hits += 1
@@ -229,53 +230,72 @@ class VoicePool:
     def note_off(self, pitch: int, at: int = 0) -> None:
         for v in self.voices:
             if v.held and v.pitch == pitch and v.state in (PENDING, PLAYING):
+                self._upto(v, at)
                 v.held = False
                 if self.sustain_on:
                     v.sustained = True
                 else:
                     self._release(v)
 
-    def sustain(self, on: bool) -> None:
+    def sustain(self, on: bool, at: int = 0) -> None:
         self.sustain_on = bool(on)
         if not on:
             for v in self.voices:
                 if v.sustained and not v.held and v.state in (PENDING, PLAYING):
+                    self._upto(v, at)
                     v.sustained = False
                     self._release(v)
 
-    def bend(self, value: int) -> None:
+    def bend(self, value: int, at: int = 0) -> None:
         """14-bit pitch bend, centred on 0 (-8192..8191), over ``bend_range`` semitones."""
-        self.ratio = 2.0 ** (value / 8192.0 * self.bend_range / 12.0)
+        ratio = 2.0 ** (value / 8192.0 * self.bend_range / 12.0)
+        if ratio != self.ratio:
+            for v in self.voices:
+                self._upto(v, at)
+            self.ratio = ratio
 
-    def panic(self) -> None:
+    def panic(self, at: int = 0) -> None:
         """Every voice off with a short fade; pedal up and bend centred."""
         for v in self.voices:
             if v.state != FREE:
+                self._upto(v, at)
                 self._fade_out(v)
         self.sustain_on = False
         self.ratio = 1.0
 
-    def all_notes_off(self) -> None:
+    def all_notes_off(self, at: int = 0) -> None:
         """Release every note, sustained ones too."""
         self.sustain_on = False
         for v in self.voices:
             if v.state in (PENDING, PLAYING):
+                self._upto(v, at)
                 v.held = v.sustained = False
                 self._release(v)
 
     # --- internals ---------------------------------------------------------------------------
-    def _allocate(self, pitch: int) -> Voice:
-        active = [v for v in self.voices if v.state in (PENDING, PLAYING, RELEASED)]
-        if len(active) >= self.polyphony:
-            released = [v for v in active if v.state == RELEASED]
-            same = [v for v in active if v.pitch == pitch]
-            victim = min(released or same or active, key=lambda v: v.released_at if v.state == RELEASED else v.age)
-            self._fade_out(victim)
+    def _allocate(self, pitch: int, at: int) -> Voice:
+        free = None
+        active = 0
         for v in self.voices:
             if v.state == FREE:
-                return v
+                if free is None:
+                    free = v
+            elif v.state != FADING:
+                active += 1
+        if active >= self.polyphony:
+            released = [v for v in self.voices if v.state == RELEASED]
+            same = [v for v in self.voices if v.pitch == pitch and v.state in (PENDING, PLAYING)]
+            candidates = released or same or [v for v in self.voices if v.state in (PENDING, PLAYING)]
+            victim = min(candidates, key=lambda v: v.released_at if v.state == RELEASED else v.age)
+            self._upto(victim, at)
+            self._fade_out(victim)
+            if free is None and victim.state == FREE:   # a pending victim ends at once
+                free = victim
+        if free is not None:
+            return free
         # every tail slot still fading (a flood of notes): cut the quietest tail
         v = min((v for v in self.voices if v.state == FADING), key=lambda v: v.level)
+        self._upto(v, at)
         self._end(v)
         return v
 
@@ -363,10 +383,18 @@ class VoicePool:
         np.add(a, b, out=out[:k])
         return k
 
+    def _upto(self, v: Voice, end: int) -> None:
+        """Mix ``v`` from where it stands in this period up to frame ``end``."""
+        start = v.done
+        if end <= start:
+            return
+        v.done = end
+        if v.state == FREE or v.state == PENDING:   # pending: silent until its render arrives or its deadline
+            return
+        self._mix_voice(v, start, end)
+
     def _mix_voice(self, v: Voice, start: int, end: int) -> None:
         n = end - start
-        if v.state == PENDING:   # silent until its render arrives or its deadline (see begin)
-            return
         if v.hold > 0:
             v.hold -= n
             if v.hold <= 0 and v.held:
