@@ -122,7 +122,6 @@ class Probe:
         self.rec = np.zeros(seconds * self.client.samplerate, np.float32)
         self.n = 0
         self.xruns = 0
-        self.done_at = 0          # the latest this client's callback ended, in frames from its cycle's start
         self.outgoing: deque = deque()
         self.sent: list[int] = []
         self.client.set_process_callback(self._process)
@@ -144,7 +143,6 @@ class Probe:
         if self.n + frames <= len(self.rec):
             self.rec[self.n:self.n + frames] = self.inp.get_array()
             self.n += frames
-        self.done_at = max(self.done_at, self.client.frames_since_cycle_start)
 
     def midi(self, data: bytes, offset: int = 0) -> int:
         """Send ``data`` at ``offset`` in the next period; returns its frame in the recording."""

@@ -200,8 +200,8 @@ def test_info_status_and_sync(commands, inst):
     assert commands.apply("/wae/model/info", []) == [("/wae/model/info.reply",
                                                        ["osc-test", 3, 22050, "piano", "flute", "violin"])]
     (address, status), = commands.apply("/wae/status", [])
-    assert address == "/wae/status.reply" and len(status) == 13
-    assert [type(v) for v in status] == [int, int, float, float, float, float, int, int, str, str, int, float, float]
+    assert address == "/wae/status.reply" and len(status) == 12
+    assert [type(v) for v in status] == [int, int, float, float, float, float, int, int, str, str, int, float]
     assert status[8] == "cpu" and status[9] == "osc-test"
     commands.apply("/wae/sync", [42], ME)
     period(inst)

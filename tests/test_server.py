@@ -260,8 +260,8 @@ def test_notifications_status_and_sync(live):
     assert osc.expect("/wae/synced") == [1234]
     osc.send("/wae/status")
     status = osc.expect("/wae/status.reply")
-    assert len(status) == 13 and status[8] == "cpu" and status[9] == "live-test"
-    assert 0.0 < status[11] <= status[12] < 1000.0   # the audio callback is timed: slowest, latest end
+    assert len(status) == 12 and status[8] == "cpu" and status[9] == "live-test"
+    assert 0.0 < status[11] < 1000.0              # the audio callback is timed: the slowest recent one
     assert status[6] + status[7] >= 1             # cache hits + misses count the notes
     assert status[5] >= 1000.0 * PERIOD / RATE    # note latency is at least one period
     osc.send("/wae/gain", 1.0)

@@ -38,7 +38,6 @@ class JackAudio:
         self.errors = 0
         self.gone = False
         self.took = np.zeros(TIMED_PERIODS)   # seconds each recent callback took
-        self.done_at = np.zeros(TIMED_PERIODS)   # frames from its cycle's start to its end
         self.calls = 0
 
     @property
@@ -89,14 +88,12 @@ class JackAudio:
         except jack.JackError:
             return 0.0
 
-    def callback_ms(self) -> tuple[float, float]:
-        """Over recent periods: the longest the callback's own work took, and the latest it ended
-        counted from its JACK cycle's start (which adds any wait to be scheduled and for the
-        interpreter lock); both in ms, to compare with the period."""
+    def callback_ms(self) -> float:
+        """The longest the process callback took over recent periods (ms), waits for the
+        interpreter lock inside it included; compare it with the period. (Timed with the
+        interpreter's clock: asking JACK would release the lock once more per period.)"""
         n = min(self.calls, TIMED_PERIODS)
-        if n == 0:
-            return 0.0, 0.0
-        return float(self.took[:n].max()) * 1000.0, float(self.done_at[:n].max()) * 1000.0 / self.pool.rate
+        return float(self.took[:n].max()) * 1000.0 if n else 0.0
 
     def playback_latency(self) -> int:
         """Frames from our output port to the sound card, as JACK reports them."""
@@ -119,9 +116,7 @@ class JackAudio:
             self.errors += 1
             out.fill(0.0)
         self.out_2.get_array()[:] = out
-        i = self.calls % TIMED_PERIODS
-        self.took[i] = perf_counter() - t0
-        self.done_at[i] = self.client.frames_since_cycle_start
+        self.took[self.calls % TIMED_PERIODS] = perf_counter() - t0
         self.calls += 1
 
     def _xrun(self, delay_usecs: float) -> None:

@@ -38,7 +38,11 @@ class RenderCache:
         self.jitter = float(jitter)
         self.lock = threading.Lock()
         self.audio: list[np.ndarray | None] = [None] * N_PITCHES
-        self.keys: list[tuple | None] = [None] * N_PITCHES
+        # what each render was made for, as rows, so a retarget is a few array operations
+        self.has_key = np.zeros(N_PITCHES, bool)
+        self.key_styles = np.zeros((N_PITCHES, 0), np.float32)
+        self.key_z = np.zeros((N_PITCHES, 0), np.float32)
+        self.key_drawn = np.zeros(N_PITCHES, bool)     # a per-note draw (its z is its own)
         self.fresh = np.zeros(N_PITCHES, bool)
         self.used = np.zeros(N_PITCHES, bool)
         self.played = np.zeros(N_PITCHES, np.int64)
@@ -94,31 +98,45 @@ class RenderCache:
             except BlockingIOError:
                 pass
 
-    def _close(self, key: tuple) -> bool:
+    def _shape_keys(self, n_styles: int, n_z: int) -> None:
+        if self.key_styles.shape[1] != n_styles or self.key_z.shape[1] != n_z:  # another model: no key matches
+            self.key_styles = np.zeros((N_PITCHES, n_styles), np.float32)
+            self.key_z = np.zeros((N_PITCHES, n_z), np.float32)
+            self.has_key[:] = False
+
+    def _close(self, rows: slice | int) -> np.ndarray:
+        """Whether the renders of pitches ``rows`` were made within ``jitter`` of the target."""
         styles, z, per_note = self.target
-        k_styles, k_z = key
-        if len(k_styles) != len(styles) or np.max(np.abs(k_styles - styles), initial=0.0) >= self.jitter:
-            return False
+        close = self.has_key[rows] & (np.abs(self.key_styles[rows] - styles).max(axis=-1, initial=0.0) < self.jitter)
         if per_note:
-            return k_z is None
-        return k_z is not None and len(k_z) == len(z) and np.max(np.abs(k_z - z), initial=0.0) < self.jitter
+            return close & self.key_drawn[rows]
+        return close & ~self.key_drawn[rows] & (np.abs(self.key_z[rows] - z).max(axis=-1, initial=0.0) < self.jitter)
 
     def set_target(self, styles: np.ndarray, z: np.ndarray, per_note: bool) -> None:
         """Make ``(styles [S], z [D], per_note)`` the target; entries further than ``jitter`` go stale."""
         with self.lock:
             self.target = (np.asarray(styles, np.float32).copy(), np.asarray(z, np.float32).copy(), bool(per_note))
-            for p in self.pitches():
-                key = self.keys[p]
-                self.fresh[p] = key is not None and self._close(key) and not (per_note and self.used[p])
+            self._shape_keys(len(styles), len(z))
+            rows = slice(self.low, self.high + 1)
+            close = self._close(rows)
+            if per_note:
+                close &= ~self.used[rows]
+            self.fresh[rows] = close
         self.wake()
 
     def publish(self, pitch: int, audio: np.ndarray, key: tuple) -> None:
         """Store a render made for ``key = (styles, z or None for a per-note draw)``."""
+        styles, z = key
         with self.lock:
             self.audio[pitch] = audio
-            self.keys[pitch] = key
+            self._shape_keys(len(styles), self.key_z.shape[1] if z is None else len(z))
+            self.has_key[pitch] = True
+            self.key_styles[pitch] = styles
+            self.key_drawn[pitch] = z is None
+            if z is not None:
+                self.key_z[pitch] = z
             self.used[pitch] = False
-            self.fresh[pitch] = self.target is not None and self._close(key)
+            self.fresh[pitch] = self.target is not None and bool(self._close(pitch))
         self.arrivals.append((pitch, audio))
 
     def pop_requests(self) -> list[int]:
@@ -143,7 +161,7 @@ class RenderCache:
         """Forget every render (the output rate changed)."""
         with self.lock:
             self.audio = [None] * N_PITCHES
-            self.keys = [None] * N_PITCHES
+            self.has_key[:] = False
             self.fresh[:] = False
         self.wake()
 

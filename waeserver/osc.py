@@ -226,7 +226,7 @@ class Commands:
         return [("/wae/status.reply", [s["voices"], s["xruns"], s["cpu_load"], s["render_ms_p50"],
                                        s["render_ms_p99"], s["note_latency_ms"], s["cache_hits"],
                                        s["cache_misses"], s["device"], s["model"], s["standins"],
-                                       s["callback_ms_max"], s["callback_end_ms_max"]])]
+                                       s["callback_ms_max"]])]
 
     # --- session -------------------------------------------------------------------------------
     def notify(self, args, sender):

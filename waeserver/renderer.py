@@ -41,7 +41,7 @@ FADE_OUT_S = 0.010
 SILENCE = 1e-4       # trailing samples below this are cut, so voices end when the note has
 PRIORITY_MAX = 16    # pitches in one priority batch
 RENDER_VELOCITY = 0.8  # the model's velocity input; the velocity curve then scales each voice
-WORKER_NICE = 10
+WORKER_NICE = 19  # the GIL holder in the daemon must never wait behind the model for a core
 REFILL_DUTY = 0.5    # share of one core refills may take, so a morph leaves room for the audio
 
 

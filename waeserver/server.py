@@ -37,7 +37,6 @@ from waeserver.voices import VoicePool
 log = logging.getLogger(__name__)
 
 SWITCH_INTERVAL = 0.0005   # seconds a Python thread may hold the GIL while the audio thread waits
-HELPER_NICE = 5   # OSC, renderer and control threads yield the CPU to the audio thread at once
 CONTROL_TICK = 0.005
 
 
@@ -139,7 +138,7 @@ class Instrument:
         _, lat99 = self.pool.latency_ms()
         audio = self.audio
         period_ms = 0.0
-        callback_ms = (0.0, 0.0)
+        callback_ms = 0.0
         if audio is not None and audio.client is not None and not audio.gone:
             period_ms = (audio.period + audio.playback_latency()) * 1000.0 / audio.rate
             callback_ms = audio.callback_ms()
@@ -147,19 +146,7 @@ class Instrument:
                 "cpu_load": audio.cpu_load() if audio else 0.0, "render_ms_p50": p50, "render_ms_p99": p99,
                 "note_latency_ms": period_ms + lat99, "cache_hits": self.pool.hits,
                 "cache_misses": self.pool.misses, "device": str(self.bundle.device), "model": self.bundle.name,
-                "standins": self.pool.standins, "callback_ms_max": callback_ms[0],
-                "callback_end_ms_max": callback_ms[1]}
-
-
-def lower_priority(thread: threading.Thread) -> None:
-    """Make ``thread`` nicer than the audio thread (Linux: nice is per thread; threads it starts
-    inherit it), so that when JACK's process thread wakes up without realtime scheduling the
-    scheduler runs it before our own helpers. Raising one's niceness needs no privilege."""
-    try:
-        now = os.getpriority(os.PRIO_PROCESS, thread.native_id)
-        os.setpriority(os.PRIO_PROCESS, thread.native_id, min(19, now + HELPER_NICE))
-    except (OSError, TypeError):   # not Linux, or the thread has ended
-        pass
+                "standins": self.pool.standins, "callback_ms_max": callback_ms}
 
 
 # --- JACK server -------------------------------------------------------------------------------
@@ -259,8 +246,6 @@ class Daemon:
         self.osc.start()
         self._control = threading.Thread(target=self._control_loop, name="waeserver-control", daemon=True)
         self._control.start()
-        for thread in (inst.renderer._thread, self.osc._thread, self._control):
-            lower_priority(thread)
         a = self.audio
         period_ms = a.period * 1000.0 / a.rate
         waits = inst.cache.expected_ms <= cfg.latency_budget_ms - period_ms
