@@ -75,7 +75,7 @@ def main() -> None:
 
     errors = []
     for p in range(bundle.pitch_range[0], bundle.pitch_range[1] + 1, 4):
-        est = estimate_pitch(cache.audio[p][: RATE // 2], RATE)
+        est = estimate_pitch(cache.notes[p].wave[: RATE // 2], RATE)
         if est is not None:
             errors.append(abs(cents_off(est.hz, p)))
     report["pitch_cents_abs_median"] = round(float(np.median(errors)), 1) if errors else None

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from waeserver.bundle import load_bundle, make_test_bundle
-from waeserver.cache import RenderCache
+from waeserver.cache import Note, RenderCache
 from waeserver.faders import ControlState
-from waeserver.renderer import Renderer
+from waeserver.renderer import LOOP_S, Renderer, shape_note
 from waeserver.voices import FADING, FREE, PENDING, PLAYING, RELEASED, VoicePool
 
 RATE = 48000
@@ -48,11 +48,49 @@ def play(pool: VoicePool, periods: int, events=()) -> np.ndarray:
 
 def test_render_is_resampled_once_and_faded(engine, bundle):
     _, cache, _, _ = engine
-    audio = cache.audio[60]
+    audio = cache.notes[60].wave
     assert audio.dtype == np.float32 and audio.ndim == 1
     assert len(audio) <= bundle.n_samples * RATE // bundle.sample_rate + 1
     assert np.sqrt(np.mean(audio ** 2)) > 1e-4
-    assert audio[-1] == 0.0                       # faded out, so a voice can end on it
+    if cache.notes[60].loop < 0:
+        assert audio[-1] == 0.0                   # faded out, so a voice can end on it
+    else:                                         # ends where its loop takes over
+        assert len(audio) == int(LOOP_S[1] * RATE) and cache.notes[60].loop == int(LOOP_S[0] * RATE)
+
+
+def _tone(decay_s: float | None, seconds: float = 1.5) -> np.ndarray:
+    t = np.arange(int(seconds * RATE)) / RATE
+    wave = 0.5 * np.sin(2 * np.pi * 220.0 * t) + 0.2 * np.sin(2 * np.pi * 663.0 * t)
+    return (wave * (np.exp(-t / decay_s) if decay_s else 1.0)).astype(np.float32)
+
+
+def test_a_sustained_note_gets_a_seamless_loop_and_a_plucked_one_an_end():
+    held = shape_note(_tone(None), RATE)
+    start, end = int(LOOP_S[0] * RATE), int(LOOP_S[1] * RATE)
+    assert held.loop == start and len(held.wave) == end
+    step = np.abs(np.diff(held.wave[start:end])).max()            # the largest step inside the note
+    assert abs(float(held.wave[start]) - float(held.wave[-1])) <= step + 1e-6   # going back is no bigger
+    plucked = shape_note(_tone(0.1), RATE)
+    assert plucked.loop == -1 and plucked.wave[-1] == 0.0 and len(plucked.wave) < end
+    short = shape_note(_tone(None, seconds=0.5), RATE)             # too short to hold a loop
+    assert short.loop == -1 and short.wave[-1] == 0.0
+
+
+def test_a_held_note_loops_until_released_without_a_click(engine):
+    _, cache, _, pool = engine
+    wave = _tone(None)
+    note = shape_note(wave, RATE)
+    cache.notes[60] = note
+    seconds = 3.0
+    out = play(pool, int(seconds * RATE / PERIOD) + 40, [(0, "note_on", (60, 1.0)),
+                                                         (int(seconds * RATE), "note_off", (60,))])
+    held = out[int(0.1 * RATE):int(seconds * RATE)]
+    assert np.sqrt(np.mean(held[-RATE // 2:] ** 2)) > 0.8 * np.sqrt(np.mean(wave[:RATE] ** 2))  # still sounding
+    assert np.abs(np.diff(held)).max() <= np.abs(np.diff(wave)).max() * 1.25                 # no click at the wraps
+    assert not out[int((seconds + pool.release) * RATE) + PERIOD:].any() and pool.sounding() == 0
+    pool.bend(4000)                                               # bent, it wraps as well
+    out = play(pool, 200, [(0, "note_on", (60, 1.0))])
+    assert np.sqrt(np.mean(out[-RATE // 2:] ** 2)) > 0.1 and pool.sounding() == 1
 
 
 def test_note_starts_on_its_frame_and_is_silent_after_release(engine):
@@ -71,7 +109,7 @@ def test_velocity_gain_scales_the_render(engine):
     _, cache, _, pool = engine
     out = play(pool, 4, [(0, "note_on", (60, 0.5))])
     n = len(out)
-    np.testing.assert_allclose(out, 0.5 * cache.audio[60][:n], atol=1e-6)
+    np.testing.assert_allclose(out, 0.5 * cache.notes[60].wave[:n], atol=1e-6)
 
 
 def test_sustain_holds_released_notes_until_pedal_up(engine):
@@ -155,14 +193,14 @@ def test_stale_note_plays_stand_in_then_crossfades_to_the_new_render(engine):
     renderer.retarget()
     assert not cache.fresh[60]
     cache.expected_ms = 50.0                      # a render takes longer than the 10 ms budget
-    standin = cache.audio[60]
+    standin = cache.notes[60].wave
     play(pool, 1, [(0, "note_on", (60, 1.0))])
     voice = next(v for v in pool.voices if v.state == PLAYING)
     assert voice.audio is standin and pool.standins == 1 and pool.misses == 1
     assert 60 in cache.pop_requests()
     renderer.render_now([60])
     play(pool, 1)
-    assert voice.audio is cache.audio[60] and voice.audio is not standin and voice.old is standin
+    assert voice.audio is cache.notes[60].wave and voice.audio is not standin and voice.old is standin
     play(pool, 3)
     assert voice.old is None
 
@@ -182,7 +220,7 @@ def test_stale_note_waits_within_budget_for_a_fast_render(engine):
     assert voice.state == PENDING and voice.pos == 0.0
     renderer.render_now(cache.pop_requests())
     play(pool, 1)
-    assert voice.state == PLAYING and voice.audio is cache.audio[62]
+    assert voice.state == PLAYING and voice.audio is cache.notes[62].wave
     assert pool.standins == 0
     play(pool, 1, [(0, "note_on", (65, 1.0))])    # nothing arrives: the last render, at the deadline
     late = next(v for v in pool.voices if v.pitch == 65 and v.state != FREE)
@@ -208,11 +246,11 @@ def test_per_note_mode_uses_each_draw_once(engine):
     state.set_z_mode("per-note")
     renderer.retarget()
     renderer.render_now([60], priority=False)
-    first = cache.audio[60]
+    first = cache.notes[60].wave
     audio, fresh = cache.take(60)
     assert fresh and audio is first and not cache.fresh[60]
     renderer.render_now(cache.pop_requests(), priority=False)
-    assert cache.fresh[60] and not np.array_equal(cache.audio[60][:4096], first[:4096])
+    assert cache.fresh[60] and not np.array_equal(cache.notes[60].wave[:4096], first[:4096])
 
 
 def test_refill_renders_recently_played_pitches_first(engine):
@@ -249,7 +287,7 @@ def test_a_chord_on_many_frames_mixes_each_voice_once_per_event(engine, monkeypa
     assert not alone[:150].any() and alone[150:].any()
     reference = np.zeros(PERIOD, np.float32)
     for p in (60, 62):
-        reference += pool.cache.audio[p][PERIOD:2 * PERIOD]
+        reference += pool.cache.notes[p].wave[PERIOD:2 * PERIOD]
     np.testing.assert_allclose(out, np.clip(reference + alone, -1, 1), atol=1e-6)
 
 

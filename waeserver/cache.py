@@ -6,7 +6,7 @@ for a target within ``jitter`` of the current one (largest difference over fader
 values), so a fader that wobbles by less than that does not cost a refill. In ``per-note`` z mode
 each entry holds a note drawn with its own latent point, fresh until it is played once.
 
-Threads: the audio thread only reads ``audio``/``fresh`` and appends to the lock-free deques
+Threads: the audio thread only reads ``notes``/``fresh`` and appends to the lock-free deques
 (``take``, ``request``), and wakes the renderer through a non-blocking pipe write; the renderer
 and the control threads publish and retarget under :attr:`lock`, which the audio thread never
 takes. Entries are replaced whole, never written in place, so a voice keeps playing the array it
@@ -19,25 +19,35 @@ import os
 import select
 import threading
 from collections import deque
+from typing import NamedTuple
 
 import numpy as np
 
 N_PITCHES = 128
 
 
+class Note(NamedTuple):
+    """One rendered note at the output rate: ``wave [T]`` float32, and ``loop``, the frame a voice
+    goes back to when it reaches the end of ``wave`` (a sustained note loops for as long as it is
+    held; -1: the note plays once and ends, as a plucked or struck one does)."""
+
+    wave: np.ndarray
+    loop: int = -1
+
+
 class RenderCache:
-    """Per-pitch renders ``audio[p]`` (float32 ``[T]`` at the output rate, or None) and their freshness.
+    """Per-pitch renders ``notes[p]`` (a :class:`Note` at the output rate, or None) and their freshness.
 
     ``played[p]`` is a note counter used to refill the most recently played pitches first;
     ``requests`` holds pitches the audio thread wants rendered now, ``arrivals`` the
-    ``(pitch, audio)`` pairs the renderer published since the audio thread last looked.
+    ``(pitch, note)`` pairs the renderer published since the audio thread last looked.
     """
 
     def __init__(self, pitch_range: tuple[int, int], jitter: float = 0.01):
         self.low, self.high = int(pitch_range[0]), int(pitch_range[1])
         self.jitter = float(jitter)
         self.lock = threading.Lock()
-        self.audio: list[np.ndarray | None] = [None] * N_PITCHES
+        self.notes: list[Note | None] = [None] * N_PITCHES
         # what each render was made for, as rows, so a retarget is a few array operations
         self.has_key = np.zeros(N_PITCHES, bool)
         self.key_styles = np.zeros((N_PITCHES, 0), np.float32)
@@ -47,7 +57,7 @@ class RenderCache:
         self.used = np.zeros(N_PITCHES, bool)
         self.played = np.zeros(N_PITCHES, np.int64)
         self.requests: deque[int] = deque()
-        self.arrivals: deque[tuple[int, np.ndarray]] = deque()
+        self.arrivals: deque[tuple[int, Note]] = deque()
         self.target: tuple[np.ndarray, np.ndarray, bool] | None = None
         self.expected_ms = 1e9      # recent time of a priority render; the voices compare it to their budget
         self._notes = 0
@@ -62,19 +72,19 @@ class RenderCache:
         return range(self.low, self.high + 1)
 
     # --- audio thread ----------------------------------------------------------------------
-    def take(self, pitch: int) -> tuple[np.ndarray | None, bool]:
+    def take(self, pitch: int) -> tuple[Note | None, bool]:
         """The render to play for a note-on of ``pitch`` and whether it is fresh.
 
         In per-note mode a fresh entry is used up by this note, and the next draw is requested.
         """
         self._notes += 1
         self.played[pitch] = self._notes
-        audio, fresh = self.audio[pitch], bool(self.fresh[pitch])
+        note, fresh = self.notes[pitch], bool(self.fresh[pitch])
         if fresh and self.target is not None and self.target[2]:
             self.used[pitch] = True
             self.fresh[pitch] = False
             self.request(pitch)
-        return audio, fresh
+        return note, fresh
 
     def request(self, pitch: int) -> None:
         """Ask for ``pitch`` to be rendered for the current target before anything else."""
@@ -124,11 +134,11 @@ class RenderCache:
             self.fresh[rows] = close
         self.wake()
 
-    def publish(self, pitch: int, audio: np.ndarray, key: tuple) -> None:
+    def publish(self, pitch: int, note: Note, key: tuple) -> None:
         """Store a render made for ``key = (styles, z or None for a per-note draw)``."""
         styles, z = key
         with self.lock:
-            self.audio[pitch] = audio
+            self.notes[pitch] = note
             self._shape_keys(len(styles), self.key_z.shape[1] if z is None else len(z))
             self.has_key[pitch] = True
             self.key_styles[pitch] = styles
@@ -137,7 +147,7 @@ class RenderCache:
                 self.key_z[pitch] = z
             self.used[pitch] = False
             self.fresh[pitch] = self.target is not None and bool(self._close(pitch))
-        self.arrivals.append((pitch, audio))
+        self.arrivals.append((pitch, note))
 
     def pop_requests(self) -> list[int]:
         """Requested pitches not fresh any more, most recent request first, each once."""
@@ -160,7 +170,7 @@ class RenderCache:
     def clear(self) -> None:
         """Forget every render (the output rate changed)."""
         with self.lock:
-            self.audio = [None] * N_PITCHES
+            self.notes = [None] * N_PITCHES
             self.has_key[:] = False
             self.fresh[:] = False
         self.wake()

@@ -10,7 +10,7 @@ no longer than the latency budget (so a note-on waits at most that long behind a
 control state before every batch, so a fader morph at any message rate costs at most one batch in
 flight and never a queue of states. Each render is resampled once from the model's rate to the
 output rate and given a 1 ms fade-in and a 10 ms fade-out, so voices can start and end on it
-without a click.
+without a click; a note that sustains gets a loop instead of its end (see :func:`shape_note`).
 
 :meth:`Renderer.load_model` loads, warms and fills a new bundle beside the running one and swaps
 it in between two batches; the voices keep playing the arrays they hold, so there is no gap.
@@ -19,8 +19,10 @@ it in between two batches; the voices keep playing the arrays they hold, so ther
 from __future__ import annotations
 
 import logging
+import mmap
 import multiprocessing
 import os
+import tempfile
 import threading
 import time
 from collections import deque
@@ -31,7 +33,7 @@ import numpy as np
 import torch
 from scipy.signal import resample_poly
 
-from waeserver.cache import RenderCache
+from waeserver.cache import Note, RenderCache
 from waeserver.faders import ControlState
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,9 @@ PRIORITY_MAX = 16    # pitches in one priority batch
 RENDER_VELOCITY = 0.8  # the model's velocity input; the velocity curve then scales each voice
 WORKER_NICE = 19  # the GIL holder in the daemon must never wait behind the model for a core
 REFILL_DUTY = 0.5    # share of one core refills may take, so a morph leaves room for the audio
+LOOP_S = (0.35, 0.75)  # inside the held part of every preset's notes (0.8 s and longer)
+LOOP_XFADE_S = 0.08    # the loop's end is crossfaded into the frames before its start
+SUSTAINED = 0.3      # a note loops when its RMS over the loop keeps this share of its early RMS
 
 
 def to_rate(wave: np.ndarray, from_rate: int, to_rate_hz: int) -> np.ndarray:
@@ -53,22 +58,48 @@ def to_rate(wave: np.ndarray, from_rate: int, to_rate_hz: int) -> np.ndarray:
     return resample_poly(wave, ratio.numerator, ratio.denominator, axis=-1).astype(np.float32)
 
 
-def shape_note(wave: np.ndarray, rate: int) -> np.ndarray:
-    """Cut trailing silence from one note ``[T]`` and fade its ends; a new contiguous array."""
-    loud = np.flatnonzero(np.abs(wave) > SILENCE)
-    end = int(loud[-1]) + 1 if len(loud) else 1
-    fade_out = int(FADE_OUT_S * rate)
-    note = np.array(wave[:min(len(wave), end + fade_out)], np.float32)
+def _rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if len(x) else 0.0
+
+
+def shape_note(wave: np.ndarray, rate: int) -> Note:
+    """One note ``[T]`` made ready for the voices: a new contiguous array with a 1 ms fade-in.
+
+    A note that sustains (its RMS over ``LOOP_S`` at least ``SUSTAINED`` of its RMS from 50 ms
+    to the loop) ends at the loop's end, whose last ``LOOP_XFADE_S`` are crossfaded into the
+    frames just before the loop's start, so that going back to the start is seamless: it sounds
+    for as long as it is held, and its release is the voice's envelope. The crossfade is linear,
+    scaled by the two segments' correlation so that it keeps their level whether they are in
+    phase (no swell) or not (no dip). Any other note (plucked, struck, short) loses its trailing
+    silence and gets a 10 ms fade-out.
+    """
+    start, end = int(LOOP_S[0] * rate), int(LOOP_S[1] * rate)
+    x = int(LOOP_XFADE_S * rate)
+    early = _rms(wave[int(0.05 * rate):start])
+    if len(wave) >= end and _rms(wave[start:end]) >= max(SUSTAINED * early, SILENCE):
+        note = np.array(wave[:end], np.float32)
+        tail, lead = note[end - x:].astype(np.float64), wave[start - x:start].astype(np.float64)
+        r = max(0.0, float(np.dot(tail, lead)) / max(np.linalg.norm(tail) * np.linalg.norm(lead), 1e-12))
+        w = np.linspace(0.0, 1.0, x)
+        gain = 1.0 / np.sqrt((1 - w) ** 2 + w ** 2 + 2 * r * w * (1 - w))
+        note[end - x:] = (tail * (1 - w) + lead * w) * gain
+        loop = start
+    else:
+        loud = np.flatnonzero(np.abs(wave) > SILENCE)
+        last = int(loud[-1]) + 1 if len(loud) else 1
+        fade_out = int(FADE_OUT_S * rate)
+        note = np.array(wave[:min(len(wave), last + fade_out)], np.float32)
+        n_out = min(len(note), fade_out)
+        note[len(note) - n_out:] *= np.linspace(1.0, 0.0, n_out, dtype=np.float32)
+        loop = -1
     n_in = min(len(note), max(1, int(FADE_IN_S * rate)))
     note[:n_in] *= np.linspace(0.0, 1.0, n_in + 1, dtype=np.float32)[1:]
-    n_out = min(len(note), fade_out)
-    note[len(note) - n_out:] *= np.linspace(1.0, 0.0, n_out, dtype=np.float32)
-    return note
+    return Note(note, loop)
 
 
 @torch.inference_mode()
 def synthesize_notes(bundle, pitches: list[int], velocity: float, styles: np.ndarray, zs: np.ndarray,
-                     rate: int) -> list[np.ndarray]:
+                     rate: int) -> list[Note]:
     """Notes of ``bundle`` at ``rate`` Hz, shaped for the voices: ``styles [B,S]``, ``zs [B,D]``."""
     dev = bundle.device
     b = len(pitches)
@@ -80,8 +111,9 @@ def synthesize_notes(bundle, pitches: list[int], velocity: float, styles: np.nda
 
 
 def _worker_main(conn, path: str, device: str, rate: int, velocity: float) -> None:
-    """The render process: load the bundle, then answer ``(pitches, styles, zs)`` with notes: their
-    lengths, then each note's raw float32 samples as a message of its own (see RenderWorker)."""
+    """The render process: load the bundle, say how long a note can be, map the note bank the
+    daemon made for that, then answer each ``(pitches, styles, zs)`` by writing the notes into the
+    bank's rows and sending ``(loop, length)`` for each (see RenderWorker)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the daemon's to handle
@@ -100,24 +132,36 @@ def _worker_main(conn, path: str, device: str, rate: int, velocity: float) -> No
     except Exception as exc:
         conn.send(str(exc) or type(exc).__name__)
         return
+    cols = int(np.ceil(bundle.n_samples * rate / bundle.sample_rate)) + 16
+    conn.send(cols)
+    fd = os.open(conn.recv(), os.O_RDWR)
+    bank = np.frombuffer(mmap.mmap(fd, 0), np.float32).reshape(-1, cols)
+    os.close(fd)
     conn.send(None)
     while True:   # until the daemon terminates this process
         job = conn.recv()
         try:
             notes = synthesize_notes(bundle, job[0], velocity, job[1], job[2], rate)
+            for row, note in zip(bank, notes):   # the daemon sends at most a bank of pitches
+                row[:len(note.wave)] = note.wave
         except Exception as exc:
             conn.send(str(exc) or type(exc).__name__)
             continue
-        conn.send([len(note) for note in notes])
-        for note in notes:
-            conn.send_bytes(note)
+        conn.send([(note.loop, len(note.wave)) for note in notes])
 
 
 class RenderWorker:
     """The model in a process of its own, so that its Python work never holds the daemon's GIL
-    while the audio callback waits for it. Renders come back through a pipe as raw samples, one
-    message a note (about 0.3 MB): unpickling a whole batch at once would hold the daemon's
-    interpreter lock for milliseconds in one call, which the audio thread cannot interrupt."""
+    while the audio callback waits for it.
+
+    Notes come back through a shared *note bank* (``BANK_ROWS`` rows of samples, a memory-mapped
+    file unlinked as soon as both processes have it), and only ``(loop, length)`` pairs through
+    the pipe: the daemon then copies each note out in one call. Sending the samples through the
+    pipe instead made the daemon's renderer thread take the interpreter lock back after every
+    socket read (a few per note), and each time the audio callback held it, the callback was made
+    to give it up."""
+
+    BANK_ROWS = 16
 
     def __init__(self, path: str, device: str, rate: int, velocity: float = RENDER_VELOCITY):
         self.path, self.device, self.rate, self.velocity = str(path), str(device), rate, velocity
@@ -128,19 +172,38 @@ class RenderWorker:
         self._proc.start()
         child.close()
         try:
-            error = self._conn.recv()
+            answer = self._conn.recv()
+            if isinstance(answer, int):
+                answer = self._share_bank(answer)
         except EOFError:
-            error = "the render process died while loading"
-        if error is not None:
+            answer = "the render process died while loading"
+        if answer is not None:
             self.close()
-            raise RuntimeError(error)
+            raise RuntimeError(answer)
 
-    def render(self, pitches: list[int], styles: np.ndarray, zs: np.ndarray) -> list[np.ndarray]:
-        self._conn.send((list(pitches), styles, zs))
-        lengths = self._conn.recv()
-        if isinstance(lengths, str):
-            raise RuntimeError(f"render failed: {lengths}")
-        return [np.frombuffer(self._conn.recv_bytes(), np.float32) for _ in lengths]
+    def _share_bank(self, cols: int):
+        """Make the note bank ``[BANK_ROWS, cols]`` and have the worker map it; its answer."""
+        folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        fd, path = tempfile.mkstemp(prefix="waeserver-notes-", dir=folder)
+        try:
+            os.ftruncate(fd, self.BANK_ROWS * cols * 4)
+            self._bank = np.frombuffer(mmap.mmap(fd, 0), np.float32).reshape(self.BANK_ROWS, cols)
+            self._conn.send(path)
+            return self._conn.recv()
+        finally:
+            os.close(fd)
+            os.unlink(path)   # both processes hold their mappings; nothing is left on disk
+
+    def render(self, pitches: list[int], styles: np.ndarray, zs: np.ndarray) -> list[Note]:
+        notes = []
+        for i in range(0, len(pitches), self.BANK_ROWS):
+            rows = slice(i, i + self.BANK_ROWS)
+            self._conn.send((list(pitches[rows]), styles[rows], zs[rows]))
+            reply = self._conn.recv()
+            if isinstance(reply, str):
+                raise RuntimeError(f"render failed: {reply}")
+            notes += [Note(self._bank[j, :n].copy(), loop) for j, (loop, n) in enumerate(reply)]
+        return notes
 
     def close(self) -> None:
         """Stop the process now; a render in progress is thrown away."""
@@ -196,8 +259,8 @@ class Renderer:
         self.cache.set_target(*self.target())
 
     # --- rendering ---------------------------------------------------------------------------
-    def render(self, pitches: list[int]) -> list[tuple[np.ndarray, tuple]]:
-        """Render ``pitches`` for the current target: ``(audio [T] at rate, key)`` each."""
+    def render(self, pitches: list[int]) -> list[tuple[Note, tuple]]:
+        """Render ``pitches`` for the current target: ``(note at rate, key)`` each."""
         styles, z, per_note = self.target()
         b = len(pitches)
         if per_note:
@@ -223,8 +286,8 @@ class Renderer:
     def render_now(self, pitches: list[int], priority: bool = True) -> None:
         """Render ``pitches`` and publish them to the cache."""
         t0 = time.perf_counter()
-        for p, (audio, key) in zip(pitches, self.render(pitches)):
-            self.cache.publish(p, audio, key)
+        for p, (note, key) in zip(pitches, self.render(pitches)):
+            self.cache.publish(p, note, key)
         ms = (time.perf_counter() - t0) * 1000.0
         if priority:
             self.render_ms.append(ms)

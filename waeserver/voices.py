@@ -8,7 +8,9 @@ voice plus one per event, not one per voice per event (a 32-note chord whose not
 different frames would otherwise mix the whole pool 33 times). Other threads talk to the pool only
 through :attr:`VoicePool.posts` (see :class:`Poster`), applied at the start of the next period.
 Mixing uses preallocated buffers and never waits for the renderer: a note-on takes the cache's
-render as it is (see :meth:`VoicePool.note_on` for the stand-in policy).
+render as it is (see :meth:`VoicePool.note_on` for the stand-in policy). A render with a loop
+(:class:`~waeserver.cache.Note`) goes back to its loop start whenever a voice reaches its end, so a
+sustained note sounds until its envelope ends it.
 
 Stealing (when ``polyphony`` voices sound): a free slot, else the oldest released voice, else the
 oldest voice of the same pitch, else the oldest voice. The stolen voice fades out over
@@ -30,9 +32,10 @@ FREE, PENDING, PLAYING, RELEASED, FADING = range(5)
 
 
 class Voice:
-    """One sounding note: a render, a read position (fractional under pitch bend) and an envelope."""
+    """One sounding note: a render (``audio`` and its ``loop`` start, see
+    :class:`~waeserver.cache.Note`), a read position (fractional under pitch bend) and an envelope."""
 
-    __slots__ = ("state", "pitch", "gain", "audio", "pos", "level", "slope", "held", "sustained", "age",
+    __slots__ = ("state", "pitch", "gain", "audio", "loop", "pos", "level", "slope", "held", "sustained", "age",
                  "released_at", "standin", "waiting", "wait", "hold", "on_frame", "old", "xfade", "done")
     # wait: deadline frame; done: frames of this period already mixed
 
@@ -48,6 +51,7 @@ class Voice:
         self.held, self.sustained, self.waiting = True, False, False
         self.released_at, self.wait, self.xfade = 0, 0, 0
         self.audio = self.old = self.standin = None
+        self.loop = -1
 
 
 class Poster:
@@ -155,8 +159,8 @@ class VoicePool:
         if arrivals and not any(v.state == PENDING or v.waiting for v in self.voices):
             arrivals.clear()      # refills nobody waits for
         for _ in range(min(len(arrivals), ARRIVALS_PER_PERIOD)):
-            pitch, audio = arrivals.popleft()
-            self._arrived(pitch, audio)
+            pitch, note = arrivals.popleft()
+            self._arrived(pitch, note)
         end = self.frame + n
         for v in self.voices:    # waited as long as the budget allows: the last render plays
             if v.state == PENDING and v.standin is not None and v.wait < end:
@@ -209,19 +213,19 @@ class VoicePool:
         self._age += 1
         v.begin(pitch, gain, self._age, self.frame + at, hold)
         v.done = at
-        audio, fresh = cache.take(pitch)
+        note, fresh = cache.take(pitch)
         if fresh:
             self.hits += 1
-            self._play(v, audio, at)
+            self._play(v, note, at)
             return
         self.misses += 1
         cache.request(pitch)
-        v.standin = audio
+        v.standin = note
         # The budget covers the whole way to the output, so one period of it is spent anyway; a
         # render can only be picked up at the start of a later period, before the deadline.
         wait_ms = self.budget_ms - 1000.0 * self._n / self.rate
         deadline = v.on_frame + int(wait_ms * self.rate / 1000.0)
-        if audio is None or (cache.expected_ms <= wait_ms and deadline >= self.frame + self._n):
+        if note is None or (cache.expected_ms <= wait_ms and deadline >= self.frame + self._n):
             v.state = PENDING
             v.wait = deadline
         else:
@@ -299,8 +303,8 @@ class VoicePool:
         self._end(v)
         return v
 
-    def _play(self, v: Voice, audio, at: int) -> None:
-        v.audio = audio
+    def _play(self, v: Voice, note, at: int) -> None:
+        v.audio, v.loop = note
         v.state = PLAYING
         self._record_latency(self.frame + at - v.on_frame)
         self.events.append(("n_go", v.pitch))
@@ -313,17 +317,17 @@ class VoicePool:
         self._play(v, v.standin, at)
         v.standin = None
 
-    def _arrived(self, pitch: int, audio) -> None:
+    def _arrived(self, pitch: int, note) -> None:
         per_note = self.cache.target is not None and self.cache.target[2]
         for v in self.voices:
             if v.pitch != pitch or v.state == FREE:
                 continue
             if v.state == PENDING:
                 v.standin = None
-                self._play(v, audio, 0)
+                self._play(v, note, 0)
             elif v.waiting:
                 v.old, v.xfade = v.audio, self.xfade_len
-                v.audio = audio
+                v.audio, v.loop = note
             else:
                 continue
             v.waiting = False
@@ -404,7 +408,18 @@ class VoicePool:
                 else:
                     self._release(v)
         src = self._src
-        k = self._read(v.audio, v.pos, n, src)
+        audio, ratio = v.audio, self.ratio
+        k = self._read(audio, v.pos, n, src)
+        pos = v.pos + k * ratio
+        if k < n and v.loop >= 0:   # a sustained note goes back to its loop start
+            span = len(audio) - v.loop
+            while k < n:
+                pos -= span
+                got = self._read(audio, pos, n - k, src[k:])
+                pos += got * ratio
+                k += got
+                if got == 0:
+                    break
         if v.xfade > 0 and v.old is not None:
             kx = min(k, v.xfade)
             old = self._old
@@ -437,6 +452,6 @@ class VoicePool:
             if g != 1.0:
                 src[:k] *= g
             out += src[:k]
-        v.pos += k * self.ratio
+        v.pos = pos
         if k < n:
             self._end(v)
