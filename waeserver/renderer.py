@@ -118,7 +118,7 @@ def _worker_main(conn, path: str, device: str, rate: int, velocity: float) -> No
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the daemon's to handle
     try:
-        os.nice(WORKER_NICE)   # the CPU goes to JACK and the audio thread first
+        os.setpriority(os.PRIO_PROCESS, 0, WORKER_NICE)   # the CPU goes to JACK and the daemon first
     except OSError:
         pass
     from waeserver.bundle import load_bundle

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 SWITCH_INTERVAL = 0.0005   # seconds a Python thread may hold the GIL while the audio thread waits
 CONTROL_TICK = 0.005
+DAEMON_NICE = -10   # where allowed (root, or the audio group's limits.conf): see Daemon.start
 
 
 class Instrument:
@@ -226,6 +227,16 @@ class Daemon:
 
         cfg = self.cfg
         sys.setswitchinterval(SWITCH_INTERVAL)
+        # Whichever daemon thread holds the GIL when the audio callback wants it must get a core
+        # at once: at nice 0 a busy machine's other programs descheduled it for milliseconds
+        # while it held the lock. Set before any thread starts, so that all of them (and JACK's,
+        # when JACK is not realtime) inherit it; the render process goes back to nice 19.
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, DAEMON_NICE)
+            log.info("running at nice %d", DAEMON_NICE)
+        except OSError:
+            log.info("cannot raise the daemon's priority to nice %d (needs root or the audio group's "
+                     "limits): running at nice %d", DAEMON_NICE, os.getpriority(os.PRIO_PROCESS, 0))
         bundle = load_bundle(cfg.model, cfg.device)
         if bundle.device.type == "cpu":
             torch.set_num_threads(1)  # leave the other core to the audio thread

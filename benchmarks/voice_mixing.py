@@ -1,0 +1,111 @@
+"""Time one period of ``VoicePool`` (everything the JACK callback does but the port calls).
+
+A pool of 32 voices at 48 kHz with 256-frame periods, mixing synthetic 1.5 s renders, in the
+situations the live daemon meets: 32 voices sounding; a 32-note chord struck on one frame or on 32
+different frames of a period (voices stolen from a pool already full); 32 voices under pitch bend;
+a chord while every render is stale (stand-ins, then fresh renders crossfading in). Reports the
+median, p99 and maximum time of a period in ms: compare them with the 5.33 ms period.
+
+    python benchmarks/voice_mixing.py [--periods 2000] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from waeserver.cache import Note, RenderCache  # noqa: E402
+from waeserver.renderer import shape_note  # noqa: E402
+from waeserver.voices import VoicePool  # noqa: E402
+
+RATE, PERIOD, VOICES = 48000, 256, 32
+STYLES, Z = np.ones(2, np.float32), np.zeros(3, np.float32)
+
+
+def note(rng, sustained: bool) -> Note:
+    t = np.arange(int(1.5 * RATE)) / RATE
+    wave = 0.1 * rng.standard_normal(len(t)) * (1.0 if sustained else np.exp(-t / 0.2))
+    return shape_note(wave.astype(np.float32), RATE)
+
+
+def pool_with_cache(rng, sustained: bool) -> tuple[RenderCache, VoicePool]:
+    cache = RenderCache((21, 108))
+    cache.set_target(STYLES, Z, False)
+    for p in cache.pitches():
+        cache.publish(p, note(rng, sustained), (STYLES, Z))
+    cache.arrivals.clear()
+    pool = VoicePool(RATE, cache, VOICES, 10.0)
+    pool.sustain(True)
+    return cache, pool
+
+
+def chord(offsets) -> list[tuple[int, str, tuple]]:
+    return [(at, "note_on", (40 + i, 0.7)) for i, at in enumerate(offsets)]
+
+
+def time_periods(pool: VoicePool, events_at, periods: int) -> dict:
+    out = np.zeros(PERIOD, np.float32)
+    took = np.zeros(periods)
+    for i in range(periods):
+        events = events_at(i)
+        t0 = time.perf_counter()
+        pool.run(out, events)
+        took[i] = time.perf_counter() - t0
+    ms = took * 1000.0
+    return {"median_ms": round(float(np.median(ms)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3),
+            "max_ms": round(float(ms.max()), 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--periods", type=int, default=2000)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    n = args.periods
+    same_frame, spread = chord([0] * VOICES), chord(range(0, PERIOD, PERIOD // VOICES))
+    report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+              "period_ms": round(1000.0 * PERIOD / RATE, 2), "cases": {}}
+    cases = report["cases"]
+
+    _, pool = pool_with_cache(rng, True)
+    cases["32 voices sounding"] = time_periods(pool, lambda i: same_frame if i == 0 else [], n)
+    _, pool = pool_with_cache(rng, True)
+    cases["32-note chord on one frame, every 50 periods"] = time_periods(
+        pool, lambda i: same_frame if i % 50 == 0 else [], n)
+    _, pool = pool_with_cache(rng, True)
+    cases["32-note chord on 32 frames, every 50 periods"] = time_periods(
+        pool, lambda i: spread if i % 50 == 0 else [], n)
+    _, pool = pool_with_cache(rng, True)
+    pool.bend(3000)
+    cases["32 voices under pitch bend"] = time_periods(pool, lambda i: same_frame if i == 0 else [], n)
+    cache, pool = pool_with_cache(rng, True)
+
+    def stale(i):
+        target = np.full(2, 1.0 + 0.1 * (i // 50 + 1), np.float32)
+        if i % 50 == 0:
+            cache.set_target(target, Z, False)
+            return spread
+        if i % 50 == 3:   # the renderer publishes the chord's new renders: they crossfade in
+            for p in range(40, 40 + VOICES):
+                cache.publish(p, note(rng, True), (target, Z))
+        return []
+    cases["32-note chord, every render stale: stand-ins, then crossfades"] = time_periods(pool, stale, n)
+
+    for name, figures in cases.items():
+        print(f"{name}: median {figures['median_ms']} ms, p99 {figures['p99_ms']} ms, max {figures['max_ms']} ms")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
