@@ -227,6 +227,9 @@ class Daemon:
 
         cfg = self.cfg
         sys.setswitchinterval(SWITCH_INTERVAL)
+        bundle = load_bundle(cfg.model, cfg.device)
+        if bundle.device.type == "cpu":
+            torch.set_num_threads(1)  # leave the other core to the audio thread
         # Whichever daemon thread holds the GIL when the audio callback wants it must get a core
         # at once: at nice 0 a busy machine's other programs descheduled it for milliseconds
         # while it held the lock. Set before any thread starts, so that all of them (and JACK's,
@@ -237,9 +240,6 @@ class Daemon:
         except OSError:
             log.info("cannot raise the daemon's priority to nice %d (needs root or the audio group's "
                      "limits): running at nice %d", DAEMON_NICE, os.getpriority(os.PRIO_PROCESS, 0))
-        bundle = load_bundle(cfg.model, cfg.device)
-        if bundle.device.type == "cpu":
-            torch.set_num_threads(1)  # leave the other core to the audio thread
         rate, period, self.jackd = ensure_jack(cfg.jack_server)
         log.info("model %s (%d styles: %s; latent %d; %d Hz) on %s", bundle.name, len(bundle.styles),
                  ", ".join(bundle.styles), bundle.latent_size, bundle.sample_rate, bundle.device)
