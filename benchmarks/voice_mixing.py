@@ -40,8 +40,8 @@ def note(rng, sustained: bool) -> Note:
 def pool_with_cache(rng, sustained: bool) -> tuple[RenderCache, VoicePool]:
     cache = RenderCache((21, 108))
     cache.set_target(STYLES, Z, False)
-    for p in cache.pitches():
-        cache.publish(p, note(rng, sustained), (STYLES, Z))
+    pitches = list(cache.pitches())
+    cache.publish(pitches, [note(rng, sustained) for _ in pitches], (STYLES, Z))
     cache.arrivals.clear()
     pool = VoicePool(RATE, cache, VOICES, 10.0)
     pool.sustain(True)
@@ -96,8 +96,8 @@ def main() -> None:
             cache.set_target(target, Z, False)
             return spread
         if i % 50 == 3:   # the renderer publishes the chord's new renders: they crossfade in
-            for p in range(40, 40 + VOICES):
-                cache.publish(p, note(rng, True), (target, Z))
+            pitches = list(range(40, 40 + VOICES))
+            cache.publish(pitches, [note(rng, True) for _ in pitches], (target, Z))
         return []
     cases["32-note chord, every render stale: stand-ins, then crossfades"] = time_periods(pool, stale, n)
 

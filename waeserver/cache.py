@@ -134,20 +134,22 @@ class RenderCache:
             self.fresh[rows] = close
         self.wake()
 
-    def publish(self, pitch: int, note: Note, key: tuple) -> None:
-        """Store a render made for ``key = (styles, z or None for a per-note draw)``."""
+    def publish(self, pitches: list[int], notes: list[Note], key: tuple) -> None:
+        """Store renders of ``pitches`` (distinct) made for ``key = (styles, z or None for per-note draws)``."""
         styles, z = key
+        rows = np.asarray(pitches, np.int64)
         with self.lock:
-            self.notes[pitch] = note
+            for p, note in zip(pitches, notes):
+                self.notes[p] = note
             self._shape_keys(len(styles), self.key_z.shape[1] if z is None else len(z))
-            self.has_key[pitch] = True
-            self.key_styles[pitch] = styles
-            self.key_drawn[pitch] = z is None
+            self.has_key[rows] = True
+            self.key_styles[rows] = styles
+            self.key_drawn[rows] = z is None
             if z is not None:
-                self.key_z[pitch] = z
-            self.used[pitch] = False
-            self.fresh[pitch] = self.target is not None and bool(self._close(pitch))
-        self.arrivals.append((pitch, note))
+                self.key_z[rows] = z
+            self.used[rows] = False
+            self.fresh[rows] = self._close(rows) if self.target is not None else False
+        self.arrivals.extend(zip(pitches, notes))
 
     def pop_requests(self) -> list[int]:
         """Requested pitches not fresh any more, most recent request first, each once."""

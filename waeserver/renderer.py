@@ -259,8 +259,8 @@ class Renderer:
         self.cache.set_target(*self.target())
 
     # --- rendering ---------------------------------------------------------------------------
-    def render(self, pitches: list[int]) -> list[tuple[Note, tuple]]:
-        """Render ``pitches`` for the current target: ``(note at rate, key)`` each."""
+    def render(self, pitches: list[int]) -> tuple[list[Note], tuple]:
+        """Render ``pitches`` for the current target: their notes at ``rate``, and the target's key."""
         styles, z, per_note = self.target()
         b = len(pitches)
         if per_note:
@@ -272,8 +272,7 @@ class Renderer:
             notes = self.worker.render(pitches, rows, zs)
         else:
             notes = synthesize_notes(self.bundle, pitches, self.velocity, rows, zs, self.rate)
-        key = (styles, None if per_note else z)
-        return [(note, key) for note in notes]
+        return notes, (styles, None if per_note else z)
 
     def set_rate(self, rate: int) -> None:
         """Render at ``rate`` Hz from now on (the render process is started again for it)."""
@@ -286,8 +285,7 @@ class Renderer:
     def render_now(self, pitches: list[int], priority: bool = True) -> None:
         """Render ``pitches`` and publish them to the cache."""
         t0 = time.perf_counter()
-        for p, (note, key) in zip(pitches, self.render(pitches)):
-            self.cache.publish(p, note, key)
+        self.cache.publish(pitches, *self.render(pitches))
         ms = (time.perf_counter() - t0) * 1000.0
         if priority:
             self.render_ms.append(ms)

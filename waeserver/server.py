@@ -6,7 +6,7 @@ and a control thread around it; ``render`` (waeserver.offline) drives the same i
 virtual clock.
 
 Threads: JACK's process thread (voices, JACK MIDI), the renderer (the model), the OSC server, the
-control thread (MIDI CC mapping, learn, program changes, outgoing notifications, every 5 ms),
+control thread (MIDI CC mapping, learn, program changes, outgoing notifications, every 10 ms),
 mido's input threads, and the main thread, which watches the JACK connection and the signals.
 """
 
@@ -38,7 +38,7 @@ from waeserver.voices import VoicePool
 log = logging.getLogger(__name__)
 
 SWITCH_INTERVAL = 0.0005   # seconds a Python thread may hold the GIL while the audio thread waits
-CONTROL_TICK = 0.005
+CONTROL_TICK = 0.010   # notifications and mapped CCs within 10 ms; each tick wants the GIL
 DAEMON_NICE = -10   # where allowed (root, or the audio group's limits.conf): see Daemon.start
 
 
