@@ -74,6 +74,14 @@ def test_a_sustained_note_gets_a_seamless_loop_and_a_plucked_one_an_end():
     assert plucked.loop == -1 and plucked.wave[-1] == 0.0
     short = shape_note(_tone(None, seconds=0.5), RATE)             # too short to hold a loop
     assert short.loop == -1 and short.wave[-1] == 0.0
+    struck = shape_note(_tone(0.5), RATE)                          # audible, but decaying: no loop
+    assert struck.loop == -1
+    t = np.arange(len(_tone(None))) / RATE
+    swelling = shape_note(_tone(None) * (1.0 + 1.5 * t).astype(np.float32), RATE)   # steady enough
+    n = RATE // 10
+    rms = lambda x: np.sqrt(np.mean(x.astype(np.float64) ** 2))  # noqa: E731
+    level_start, level_end = rms(swelling.wave[start:start + n]), rms(swelling.wave[end - 2 * n:end - n])
+    assert swelling.loop == start and abs(level_end / level_start - 1.0) < 0.1   # levelled: no pumping
 
 
 def test_a_held_note_loops_until_released_without_a_click(engine):

@@ -47,7 +47,8 @@ WORKER_NICE = 19  # the GIL holder in the daemon must never wait behind the mode
 REFILL_DUTY = 0.5    # share of one core refills may take, so a morph leaves room for the audio
 LOOP_S = (0.35, 0.75)  # inside the held part of every preset's notes (0.8 s and longer)
 LOOP_XFADE_S = 0.08    # the loop's end is crossfaded into the frames before its start
-SUSTAINED = 0.3      # a note loops when its RMS over the loop keeps this share of its early RMS
+STEADY = (0.8, 1.7)  # a note loops when its level at the loop's end over its level at the start is in here
+LEVEL_S = 0.1        # the stretch over which those levels are measured
 
 
 def to_rate(wave: np.ndarray, from_rate: int, to_rate_hz: int) -> np.ndarray:
@@ -65,19 +66,22 @@ def _rms(x: np.ndarray) -> float:
 def shape_note(wave: np.ndarray, rate: int) -> Note:
     """One note ``[T]`` made ready for the voices: a new contiguous array with a 1 ms fade-in.
 
-    A note that sustains (its RMS over ``LOOP_S`` at least ``SUSTAINED`` of its RMS from 50 ms
-    to the loop) ends at the loop's end, whose last ``LOOP_XFADE_S`` are crossfaded into the
-    frames just before the loop's start, so that going back to the start is seamless: it sounds
-    for as long as it is held, and its release is the voice's envelope. The crossfade is linear,
-    scaled by the two segments' correlation so that it keeps their level whether they are in
-    phase (no swell) or not (no dip). Any other note (plucked, struck, short) loses its trailing
-    silence and gets a 10 ms fade-out.
+    A note that holds steady over ``LOOP_S`` (its RMS over the loop's last ``LEVEL_S`` within
+    ``STEADY`` of its RMS over the first) ends at the loop's end. Its loop is levelled (a gain
+    ramp makes the end as loud as the start, so holding it does not pump) and the loop's last
+    ``LOOP_XFADE_S`` are crossfaded into the frames just before the loop's start, so that going
+    back to the start is seamless: it sounds for as long as it is held, and its release is the
+    voice's envelope. The crossfade is linear, scaled by the two segments' correlation so that it
+    keeps their level whether they are in phase (no swell) or not (no dip). Any other note
+    (plucked, struck, decaying, short) loses its trailing silence and gets a 10 ms fade-out.
     """
     start, end = int(LOOP_S[0] * rate), int(LOOP_S[1] * rate)
-    x = int(LOOP_XFADE_S * rate)
-    early = _rms(wave[int(0.05 * rate):start])
-    if len(wave) >= end and _rms(wave[start:end]) >= max(SUSTAINED * early, SILENCE):
+    x, n_level = int(LOOP_XFADE_S * rate), int(LEVEL_S * rate)
+    first = _rms(wave[start:start + n_level])
+    drift = _rms(wave[end - n_level:end]) / first if len(wave) >= end and first > SILENCE else 0.0
+    if STEADY[0] <= drift <= STEADY[1]:
         note = np.array(wave[:end], np.float32)
+        note[start:] *= np.linspace(1.0, 1.0 / drift, end - start, dtype=np.float32)
         tail, lead = note[end - x:].astype(np.float64), wave[start - x:start].astype(np.float64)
         r = max(0.0, float(np.dot(tail, lead)) / max(np.linalg.norm(tail) * np.linalg.norm(lead), 1e-12))
         w = np.linspace(0.0, 1.0, x)
