@@ -122,6 +122,7 @@ class Probe:
         self.rec = np.zeros(seconds * self.client.samplerate, np.float32)
         self.n = 0
         self.xruns = 0
+        self.slowest = 0.0        # the probe's own slowest callback, seconds
         self.outgoing: deque = deque()
         self.sent: list[int] = []
         self.client.set_process_callback(self._process)
@@ -135,6 +136,7 @@ class Probe:
         self.xruns += 1
 
     def _process(self, frames):
+        t0 = time.perf_counter()
         self.midi_out.clear_buffer()
         while self.outgoing:
             offset, data = self.outgoing.popleft()
@@ -143,6 +145,7 @@ class Probe:
         if self.n + frames <= len(self.rec):
             self.rec[self.n:self.n + frames] = self.inp.get_array()
             self.n += frames
+        self.slowest = max(self.slowest, time.perf_counter() - t0)
 
     def midi(self, data: bytes, offset: int = 0) -> int:
         """Send ``data`` at ``offset`` in the next period; returns its frame in the recording."""
@@ -153,7 +156,9 @@ class Probe:
         count = len(self.sent)
         self.outgoing.extend(events)
         while len(self.sent) < count + len(events):
-            time.sleep(0.001)
+            # not a tight poll: every wake-up here wants this process's GIL, which the probe's own
+            # callback gives up at each MIDI event it writes (as the daemon's does; see docs/live.md)
+            time.sleep(0.02)
         return self.sent[count:count + len(events)]
 
     def close(self) -> None:

@@ -74,6 +74,7 @@ def loaded_round(model: str, server: str, args) -> dict:
         mover.join()
         elapsed = time.monotonic() - t_start
         xruns = probe.xruns - base
+        probe_ms = 1000.0 * probe.slowest
         osc.send("/wae/status")
         status = osc.wait("/wae/status.reply", 5.0)
         probe.midi(bytes([0xB0, 64, 0]))
@@ -85,7 +86,7 @@ def loaded_round(model: str, server: str, args) -> dict:
     return {"xruns": xruns, "seconds": round(elapsed, 1), "fader_msgs_per_s": round(sent.value / elapsed, 1),
             "voices_sounding_min": min(voices), "voices_sounding_mean": round(sum(voices) / len(voices), 1),
             "daemon_xruns": status[1], "jack_cpu_load": round(status[2], 1),
-            "callback_ms_max": round(max(callback_ms), 2),
+            "callback_ms_max": round(max(callback_ms), 2), "probe_callback_ms_max": round(probe_ms, 2),
             "render_ms_p50": round(status[3], 2), "render_ms_p99": round(status[4], 2)}
 
 
@@ -118,7 +119,8 @@ def main() -> None:
             print(f"round {r + 1}: idle JACK {idle_xruns} xruns in {args.seconds:.0f} s; with the daemon "
                   f"{loaded['xruns']} xruns in {loaded['seconds']:.0f} s ({loaded['voices_sounding_mean']} voices "
                   f"on average, {loaded['fader_msgs_per_s']} fader messages/s, slowest callback "
-                  f"{loaded['callback_ms_max']} ms of a {1000 * PERIOD / RATE:.2f} ms period)", flush=True)
+                  f"{loaded['callback_ms_max']} ms of a {1000 * PERIOD / RATE:.2f} ms period; the probe's "
+                  f"{loaded['probe_callback_ms_max']} ms)", flush=True)
     finally:
         jackd.terminate()
         jackd.wait(10)
