@@ -114,7 +114,7 @@ class RenderCache:
             self.key_z = np.zeros((N_PITCHES, n_z), np.float32)
             self.has_key[:] = False
 
-    def _close(self, rows: slice | int) -> np.ndarray:
+    def _close(self, rows: slice | np.ndarray) -> np.ndarray:
         """Whether the renders of pitches ``rows`` were made within ``jitter`` of the target."""
         styles, z, per_note = self.target
         close = self.has_key[rows] & (np.abs(self.key_styles[rows] - styles).max(axis=-1, initial=0.0) < self.jitter)

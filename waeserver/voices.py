@@ -171,7 +171,7 @@ class VoicePool:
         when it changed), clipped to ±1."""
         n = self._n
         for v in self.voices:
-            if v.state != FREE and v.done < n:
+            if v.state != FREE:
                 self._upto(v, n)
         buf = self.buf[:n]
         target = self.gain
