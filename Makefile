@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := jackd2 fluidsynth fluid-soundfont-gm timgm6mb-soundfont libsndfile1 \
-	supercollider-language supercollider-server puredata-core python3-venv
+	supercollider-language supercollider-server puredata-core python3-venv gcc libc6-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup system-deps python-deps test serve clean
@@ -13,7 +13,7 @@ setup: system-deps python-deps
 
 # apt-get only when something is missing, so repeated runs stay fast.
 system-deps:
-	@if ! command -v jackd >/dev/null || ! command -v fluidsynth >/dev/null \
+	@if ! command -v jackd >/dev/null || ! command -v fluidsynth >/dev/null || ! command -v gcc >/dev/null \
 	   || ! command -v sclang >/dev/null || ! command -v pd >/dev/null \
 	   || [ ! -f /usr/share/sounds/sf2/TimGM6mb.sf2 ] || [ ! -f /usr/share/sounds/sf2/FluidR3_GM.sf2 ]; then \
 	  echo "installing Debian packages: $(APT_PACKAGES)"; \
@@ -22,7 +22,8 @@ system-deps:
 	fi
 
 # torch is pinned and installed first: an unpinned torch would pull a multi-GB CUDA build.
-$(VENV)/.installed: pyproject.toml
+# Installing builds the C voice pool (waeserver/_voices.c) too.
+$(VENV)/.installed: pyproject.toml setup.py waeserver/_voices.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -qq --disable-pip-version-check torch==2.13.0
 	$(PY) -m pip install -qq --disable-pip-version-check -e '.[test]'
@@ -38,4 +39,4 @@ serve: setup
 	$(VENV)/bin/waeserver serve
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info waeserver/_voices*.so

@@ -15,7 +15,6 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 
 from waeserver.bundle import load_bundle, make_test_bundle
 from waeserver.config import validate
-from waeserver.midi import MidiIn
 from waeserver.osc import Commands, OscServer, encode
 from waeserver.server import Instrument
 from waeserver.voices import FREE, PLAYING
@@ -159,7 +158,7 @@ def test_refusals_fail_and_change_nothing(commands, inst, address, args, message
     replies = commands.apply(address, args, ME)
     assert len(replies) == 1 and replies[0][0] == "/fail" and replies[0][1][0] == address
     assert any(m in replies[0][1][1] for m in message.split("|")), replies[0][1][1]
-    assert inst.state.snapshot() == before and not inst.pool.posts and inst.midi_settings.learn is None
+    assert inst.state.snapshot() == before and not inst.pool.queued() and inst.midi_settings.learn is None
     assert inst.presets.list() == []
 
 
@@ -175,9 +174,9 @@ def test_notify_done_and_state_events(commands, inst):
 
 def test_learn_binds_the_next_controller(commands, inst):
     commands.apply("/wae/learn", ["style:violin"])
-    midi = MidiIn(inst.poster, inst.controls.append, inst.midi_settings)
-    midi.handle(bytes([0xB0, 21, 0]))
-    midi.handle(bytes([0xB0, 21, 127]))
+    inst.pool.midi(bytes([0xB0, 21, 0]))          # as a hardware input hands them to the voices
+    inst.pool.midi(bytes([0xB0, 21, 127]))
+    period(inst)
     while inst.controls:
         inst.control(inst.controls.popleft())
     assert inst.midi_settings.cc_map[21] == "style:violin" and inst.state.styles[2] == 1.0

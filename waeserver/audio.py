@@ -1,44 +1,35 @@
 """The JACK client: audio outputs ``out_1``/``out_2``, MIDI input ``midi_in``, and the process callback.
 
-The callback is the whole real-time path: it hands the period's MIDI events to the parser with
-their frame offsets (so notes start on the frame they were played), mixes the voices from renders
-already in the cache, and writes the same mono mix to both outputs. It takes no lock, does no
-logging and never touches torch; the only allocations are the small Python objects JACK-Client
-itself hands over (port views, event tuples).
+The process callback is the C voice pool's (``voices_jack_process`` in ``_voices.c``): it reads the
+period's MIDI from ``midi_in`` at its frame offsets, mixes the voices from renders already
+published, and writes the same mono mix to both outputs. No Python runs on JACK's process thread,
+so no Python thread can hold it up. Python only opens the client, and hears about xruns and a
+server that went away on JACK's notification thread.
 """
 
 from __future__ import annotations
 
 import logging
-from time import perf_counter
 
 import jack
-import numpy as np
 
 log = logging.getLogger(__name__)
-
-TIMED_PERIODS = 4096   # recent callbacks whose duration is kept (about 22 s at 48 kHz / 256)
 
 
 class JackAudio:
     """A JACK client named ``name`` on server ``server`` (None: the default) playing ``pool``.
 
-    ``midi`` is the :class:`~waeserver.midi.MidiIn` that drives ``pool`` on the audio thread.
     :attr:`gone` turns true when the server shuts down under us; :meth:`open` again to reconnect.
     """
 
-    def __init__(self, name: str, server: str | None, pool, midi, connect: bool = True):
+    def __init__(self, name: str, server: str | None, pool, connect: bool = True):
         self.name = name
         self.server = server
         self.pool = pool
-        self.midi = midi
         self.connect = connect
         self.client: jack.Client | None = None
         self.xruns = 0
-        self.errors = 0
         self.gone = False
-        self.took = np.zeros(TIMED_PERIODS)   # seconds each recent callback took
-        self.calls = 0
 
     @property
     def rate(self) -> int:
@@ -54,12 +45,11 @@ class JackAudio:
         self.out_1 = client.outports.register("out_1")
         self.out_2 = client.outports.register("out_2")
         self.midi_in = client.midi_inports.register("midi_in")
-        if self.pool.rate != client.samplerate or self.pool.max_period < client.blocksize:
-            self.pool.set_rate(client.samplerate, max(8192, client.blocksize))
-        client.set_process_callback(self._process)
+        if self.pool.rate != client.samplerate:
+            self.pool.set_rate(client.samplerate)
+        self.pool.attach_jack(client, self.out_1, self.out_2, self.midi_in)
         client.set_xrun_callback(self._xrun)
         client.set_shutdown_callback(self._shutdown)
-        client.set_blocksize_callback(self._blocksize)
         self.client = client
         self.gone = False
         client.activate()
@@ -89,11 +79,8 @@ class JackAudio:
             return 0.0
 
     def callback_ms(self) -> float:
-        """The longest the process callback took over recent periods (ms), waits for the
-        interpreter lock inside it included; compare it with the period. (Timed with the
-        interpreter's clock: asking JACK would release the lock once more per period.)"""
-        n = min(self.calls, TIMED_PERIODS)
-        return float(self.took[:n].max()) * 1000.0 if n else 0.0
+        """The longest the process callback took over recent periods (ms); compare it with the period."""
+        return self.pool.callback_ms()
 
     def playback_latency(self) -> int:
         """Frames from our output port to the sound card, as JACK reports them."""
@@ -102,29 +89,9 @@ class JackAudio:
         except (jack.JackError, AttributeError):
             return 0
 
-    # --- callbacks (JACK's threads) ------------------------------------------------------------
-    def _process(self, frames: int) -> None:
-        t0 = perf_counter()
-        out = self.out_1.get_array()
-        try:
-            pool, midi = self.pool, self.midi
-            pool.begin(frames)
-            for offset, data in self.midi_in.incoming_midi_events():
-                midi.handle(bytes(data), offset)
-            pool.finish(out)
-        except Exception:  # counted and reported by the main thread; JACK must keep calling us
-            self.errors += 1
-            out.fill(0.0)
-        self.out_2.get_array()[:] = out
-        self.took[self.calls % TIMED_PERIODS] = perf_counter() - t0
-        self.calls += 1
-
+    # --- callbacks (JACK's notification thread) --------------------------------------------------
     def _xrun(self, delay_usecs: float) -> None:
         self.xruns += 1
 
     def _shutdown(self, status, reason: str) -> None:
         self.gone = True
-
-    def _blocksize(self, blocksize: int) -> None:
-        if blocksize > self.pool.max_period:  # JACK stops processing while this runs
-            self.pool.set_rate(self.pool.rate, blocksize)

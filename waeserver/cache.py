@@ -6,11 +6,12 @@ for a target within ``jitter`` of the current one (largest difference over fader
 values), so a fader that wobbles by less than that does not cost a refill. In ``per-note`` z mode
 each entry holds a note drawn with its own latent point, fresh until it is played once.
 
-Threads: the audio thread only reads ``notes``/``fresh`` and appends to the lock-free deques
-(``take``, ``request``), and wakes the renderer through a non-blocking pipe write; the renderer
-and the control threads publish and retarget under :attr:`lock`, which the audio thread never
-takes. Entries are replaced whole, never written in place, so a voice keeps playing the array it
-started with.
+Threads: the cache lives on the renderer's and the control threads, under :attr:`lock`; the
+audio thread (the C voice pool, :mod:`waeserver.voices`) sees only what the cache gives it once
+attached: every render published into the pool, and the ``fresh`` and ``played`` arrays, which
+are the pool's own memory. The pool asks for renders through its request ring and wakes the
+renderer through a non-blocking pipe. Entries are replaced whole, never written in place, so a
+voice keeps playing the array it started with.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-N_PITCHES = 128
+from waeserver.voices import N_PITCHES, R_TAKEN
+
 
 
 class Note(NamedTuple):
@@ -39,8 +41,8 @@ class RenderCache:
     """Per-pitch renders ``notes[p]`` (a :class:`Note` at the output rate, or None) and their freshness.
 
     ``played[p]`` is a note counter used to refill the most recently played pitches first;
-    ``requests`` holds pitches the audio thread wants rendered now, ``arrivals`` the
-    ``(pitch, note)`` pairs the renderer published since the audio thread last looked.
+    ``requests`` holds pitches the audio thread wants rendered now. :meth:`attach` hands the cache
+    to a :class:`~waeserver.voices.VoicePool`.
     """
 
     def __init__(self, pitch_range: tuple[int, int], jitter: float = 0.01):
@@ -57,10 +59,9 @@ class RenderCache:
         self.used = np.zeros(N_PITCHES, bool)
         self.played = np.zeros(N_PITCHES, np.int64)
         self.requests: deque[int] = deque()
-        self.arrivals: deque[tuple[int, Note]] = deque()
         self.target: tuple[np.ndarray, np.ndarray, bool] | None = None
-        self.expected_ms = 1e9      # recent time of a priority render; the voices compare it to their budget
-        self._notes = 0
+        self.pool = None
+        self._expected_ms = 1e9
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -71,25 +72,33 @@ class RenderCache:
     def pitches(self) -> range:
         return range(self.low, self.high + 1)
 
-    # --- audio thread ----------------------------------------------------------------------
-    def take(self, pitch: int) -> tuple[Note | None, bool]:
-        """The render to play for a note-on of ``pitch`` and whether it is fresh.
+    @property
+    def expected_ms(self) -> float:
+        """Recent time of a priority render; the voices compare it to their latency budget."""
+        return self._expected_ms
 
-        In per-note mode a fresh entry is used up by this note, and the next draw is requested.
-        """
-        self._notes += 1
-        self.played[pitch] = self._notes
-        note, fresh = self.notes[pitch], bool(self.fresh[pitch])
-        if fresh and self.target is not None and self.target[2]:
-            self.used[pitch] = True
-            self.fresh[pitch] = False
-            self.request(pitch)
-        return note, fresh
+    @expected_ms.setter
+    def expected_ms(self, ms: float) -> None:
+        self._expected_ms = float(ms)
+        if self.pool is not None:
+            self.pool.params.expected_ms = self._expected_ms
 
-    def request(self, pitch: int) -> None:
-        """Ask for ``pitch`` to be rendered for the current target before anything else."""
-        self.requests.append(pitch)
-        self.wake()
+    def attach(self, pool) -> None:
+        """Give ``pool`` every render held and play from now on what this cache publishes (a model
+        swap attaches the new cache, filled, to the pool the old one fed)."""
+        with self.lock:
+            for p in self.pitches():
+                if self.notes[p] is not None:
+                    pool.publish(p, self.notes[p])
+            pool.fresh[:] = self.fresh
+            pool.played[:] = self.played
+            self.fresh, self.played = pool.fresh, pool.played
+            pool.params.low, pool.params.high = self.low, self.high
+            pool.params.per_note = self.target is not None and self.target[2]
+            pool.params.expected_ms = self._expected_ms
+            pool.params.wake_fd = self._wake_w
+            self.pool = pool
+            pool.cache = self
 
     def wake(self) -> None:
         try:
@@ -126,6 +135,8 @@ class RenderCache:
         """Make ``(styles [S], z [D], per_note)`` the target; entries further than ``jitter`` go stale."""
         with self.lock:
             self.target = (np.asarray(styles, np.float32).copy(), np.asarray(z, np.float32).copy(), bool(per_note))
+            if self.pool is not None:
+                self.pool.params.per_note = bool(per_note)
             self._shape_keys(len(styles), len(z))
             rows = slice(self.low, self.high + 1)
             close = self._close(rows)
@@ -139,8 +150,11 @@ class RenderCache:
         styles, z = key
         rows = np.asarray(pitches, np.int64)
         with self.lock:
-            for p, note in zip(pitches, notes):
+            published = np.ones(len(rows), bool)
+            for i, (p, note) in enumerate(zip(pitches, notes)):
                 self.notes[p] = note
+                if self.pool is not None:   # before it is marked fresh, which the pool reads at once
+                    published[i] = self.pool.publish(p, note)
             self._shape_keys(len(styles), self.key_z.shape[1] if z is None else len(z))
             self.has_key[rows] = True
             self.key_styles[rows] = styles
@@ -148,11 +162,19 @@ class RenderCache:
             if z is not None:
                 self.key_z[rows] = z
             self.used[rows] = False
-            self.fresh[rows] = self._close(rows) if self.target is not None else False
-        self.arrivals.extend(zip(pitches, notes))
+            self.fresh[rows] = self._close(rows) & published if self.target is not None else False
+
+    def has_requests(self) -> bool:
+        return bool(self.requests) or (self.pool is not None and self.pool.has_requests())
 
     def pop_requests(self) -> list[int]:
-        """Requested pitches not fresh any more, most recent request first, each once."""
+        """Requested pitches not fresh any more, most recent request first, each once (the
+        renderer's thread only). A per-note draw the pool used up is requested too."""
+        if self.pool is not None:
+            for kind, p in self.pool.requests():
+                if kind == R_TAKEN:
+                    self.used[p] = True
+                self.requests.append(p)
         seen: list[int] = []
         while self.requests:
             p = self.requests.pop()
@@ -175,6 +197,8 @@ class RenderCache:
             self.notes = [None] * N_PITCHES
             self.has_key[:] = False
             self.fresh[:] = False
+            if self.pool is not None:
+                self.pool.clear()
         self.wake()
 
     def close(self) -> None:

@@ -1,12 +1,12 @@
-"""MIDI in: raw messages to voice actions and control actions; hardware inputs through mido.
+"""MIDI in: the settings every input shares, the control messages, and hardware inputs through mido.
 
-:class:`MidiIn` parses one channel message at a time (the JACK MIDI port hands it bytes on the
-audio thread, mido inputs on their own threads). Notes, sustain, pitch bend, CC120 (all sound off)
-and CC123 (all notes off) go straight to the voices (the pool itself on the audio thread, its
-:class:`~waeserver.voices.Poster` elsewhere). Mapped CCs, MIDI learn and program changes are
-appended to ``control`` as ``("cc", target, unit)``, ``("learn", cc, target)`` and ``("program", n)`` for
-the control thread, since they touch the renderer's state and the preset files. Anything
-malformed (a data byte above 127, a short message, a status byte out of place) is dropped.
+Notes, sustain, pitch bend, CC120 (all sound off) and CC123 (all notes off) are parsed by the C
+voice pool itself (:mod:`waeserver.voices`), on the audio thread for the JACK MIDI port and at the
+next period for mido inputs, so they act on the frame they were played. Every other controller and
+program change is handed on, and :class:`MidiControls` turns it into ``("cc", target, unit)``,
+``("learn", cc, target)`` or ``("program", n)`` for the control thread, since these touch the
+renderer's state and the preset files. Anything malformed (a data byte above 127, a short message,
+a status byte out of place) is counted as dropped by the pool.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 log = logging.getLogger(__name__)
 
 CURVES = {"linear": 1.0, "soft": 0.5, "hard": 2.0}
-SUSTAIN, ALL_SOUND_OFF, ALL_NOTES_OFF = 64, 120, 123
 
 
 def curve_exponent(curve) -> float:
@@ -53,43 +52,20 @@ class MidiSettings:
     learn: str | None = None
 
 
-class MidiIn:
-    """Parses MIDI channel messages for ``voices`` (a VoicePool or its Poster)."""
+class MidiControls:
+    """Turns the control messages the voice pool hands on into control actions for ``control``."""
 
-    def __init__(self, voices, control: Callable[[tuple], None], settings: MidiSettings):
-        self.voices = voices
+    def __init__(self, control: Callable[[tuple], None], settings: MidiSettings):
         self.control = control
         self.settings = settings
-        self.dropped = 0
 
-    def handle(self, data, at: int = 0) -> None:
-        """One MIDI message (bytes or a sequence of ints) at frame offset ``at``."""
+    def handle(self, data: bytes) -> None:
+        """One controller (``Bn cc value``) or program change (``Cn program``) message."""
         settings = self.settings
-        if len(data) < 2 or not 0x80 <= data[0] < 0xF0:
-            self.dropped += 1
-            return
-        status = data[0]
-        kind = status & 0xF0
-        need = 2 if kind in (0xC0, 0xD0) else 3
-        if len(data) < need or any(b > 127 for b in data[1:need]):
-            self.dropped += 1
-            return
-        if settings.channel and (status & 0x0F) != settings.channel - 1:
-            return
-        voices = self.voices
-        if kind == 0x90 and data[2] > 0:
-            voices.note_on(data[1], velocity_gain(data[2], settings.exponent), at)
-        elif kind == 0x80 or kind == 0x90:
-            voices.note_off(data[1], at)
-        elif kind == 0xB0:
+        kind = data[0] & 0xF0
+        if kind == 0xB0 and len(data) == 3:
             cc, value = data[1], data[2]
-            if cc == SUSTAIN:
-                voices.sustain(value >= 64, at)
-            elif cc == ALL_SOUND_OFF:
-                voices.panic(at)
-            elif cc == ALL_NOTES_OFF:
-                voices.all_notes_off(at)
-            elif settings.learn is not None:  # bind here, so the very next move already counts
+            if settings.learn is not None:  # bind here, so the very next move already counts
                 target, settings.learn = settings.learn, None
                 settings.cc_map = {**settings.cc_map, cc: target}
                 self.control(("learn", cc, target))
@@ -97,15 +73,14 @@ class MidiIn:
                 self.control(("cc", settings.cc_map[cc], value / 127.0))
         elif kind == 0xC0:
             self.control(("program", data[1]))
-        elif kind == 0xE0:
-            voices.bend((data[2] << 7 | data[1]) - 8192, at)
 
 
-def open_inputs(patterns: list[str], midi: MidiIn) -> list:
+def open_inputs(patterns: list[str], pool) -> list:
     """Open every mido input whose name matches one of ``patterns`` (exact, glob or substring).
 
-    Each port calls ``midi.handle`` from mido's thread. A pattern that matches nothing is
-    reported and left out, so a missing controller never stops the daemon.
+    Each port hands its channel messages to the voice ``pool`` (:meth:`VoicePool.midi`) from mido's
+    thread. A pattern that matches nothing is reported and left out, so a missing controller never
+    stops the daemon.
     """
     if not patterns:
         return []
@@ -122,6 +97,6 @@ def open_inputs(patterns: list[str], midi: MidiIn) -> list:
         if not matched:
             log.warning("no MIDI input matches %r (inputs: %s)", pattern, ", ".join(names) or "none")
         for name in matched:
-            ports.append(mido.open_input(name, callback=lambda msg: midi.handle(msg.bytes())))
+            ports.append(mido.open_input(name, callback=lambda msg: pool.midi(msg.bytes())))
             log.info("MIDI input: %s", name)
     return ports

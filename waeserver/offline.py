@@ -98,7 +98,7 @@ def read_automation(path: Path) -> list[tuple[float, str, list]]:
 def render_song(inst, commands, song: list[tuple[float, bytes]], automation: list[tuple[float, str, list]],
                 rate: int) -> np.ndarray:
     """Play ``song`` with ``automation`` through ``inst`` on a virtual clock; mono ``[T]`` float32."""
-    pool, cache, renderer = inst.pool, inst.renderer.cache, inst.renderer
+    pool, renderer = inst.pool, inst.renderer
     last = max([t for t, _ in song] + [t for t, _, _ in automation] + [0.0])
     limit = int((last + TAIL_S) * rate)
     out = np.zeros(limit + PERIOD, np.float32)
@@ -119,27 +119,24 @@ def render_song(inst, commands, song: list[tuple[float, bytes]], automation: lis
                 if reply == "/fail":
                     raise ValueError(f"automation at {t:g} s: {address} refused: {values[1]}")
             i_auto += 1
-        for name, args in list(pool.posts):   # automation notes start this period: render them now
-            if name == "note_on":
-                ensure(args[0])
+        for action, pitch in pool.queued():   # automation notes start this period: render them now
+            if action == "note_on":
+                ensure(pitch)
         block = []
         while i_song < len(song) and song[i_song][0] * rate < end:
             t, data = song[i_song]
-            block.append((max(0, int(round(t * rate)) - frame), data))
-            i_song += 1
-        pool.begin(PERIOD)
-        for offset, data in block:
             if len(data) == 3 and data[0] & 0xF0 == 0x90 and data[2] > 0:
                 ensure(data[1])
-            inst.midi.handle(data, offset)
-        pool.finish(out[frame:end])
+            block.append((max(0, int(round(t * rate)) - frame), "midi", (data,)))
+            i_song += 1
+        pool.run(out[frame:end], block)
         while inst.controls:
             inst.control(inst.controls.popleft())
         cache = renderer.cache
-        if cache.requests:    # per-note draws used up, notes that found nothing: ready next period
+        if cache.has_requests():    # per-note draws used up, notes that found nothing: ready next period
             renderer.render_now(cache.pop_requests(), priority=False)
         frame = end
-        if i_song >= len(song) and i_auto >= len(automation) and not pool.posts and pool.sounding() == 0:
+        if i_song >= len(song) and i_auto >= len(automation) and not pool.queued() and pool.sounding() == 0:
             break
     return out[:frame]
 

@@ -140,21 +140,21 @@ class Commands:
         hold = -1
         if len(args) > 2:
             hold = max(1, int(osc_float(args[2], "duration", 0.001, 3600.0) * self.inst.pool.rate))
-        self.inst.poster.note_on(pitch, self.inst.velocity_gain(velocity), 0, hold)
+        self.inst.pool.note_on(pitch, self.inst.velocity_gain(velocity), hold)
 
     def noteon(self, args, sender):
         pitch = self._pitch(args[0])
         velocity = osc_int(args[1], "velocity", 0, 127)
         if velocity == 0:
-            self.inst.poster.note_off(pitch)
+            self.inst.pool.note_off(pitch)
         else:
-            self.inst.poster.note_on(pitch, self.inst.velocity_gain(velocity))
+            self.inst.pool.note_on(pitch, self.inst.velocity_gain(velocity))
 
     def noteoff(self, args, sender):
-        self.inst.poster.note_off(self._pitch(args[0]))
+        self.inst.pool.note_off(self._pitch(args[0]))
 
     def panic(self, args, sender):
-        self.inst.poster.panic()
+        self.inst.pool.panic()
 
     # --- controls ------------------------------------------------------------------------------
     def style(self, args, sender):

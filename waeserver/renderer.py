@@ -311,7 +311,6 @@ class Renderer:
         t0 = time.perf_counter()
         while stale := self.cache.stale():
             self.render_now(stale[:self.batch], priority=False)
-        self.cache.arrivals.clear()
         return time.perf_counter() - t0
 
     def warm_up(self) -> None:
@@ -361,7 +360,7 @@ class Renderer:
                 busy = False
             if not busy:
                 self.cache.wait(0.1)
-            elif not self.cache.requests:
+            elif not self.cache.has_requests():
                 # refills take at most REFILL_DUTY of a core; a note-on request wakes us at once
                 self.cache.wait((time.perf_counter() - t0) * (1.0 / REFILL_DUTY - 1.0))
 

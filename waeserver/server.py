@@ -5,9 +5,10 @@ cache, renderer, voices, MIDI parsing, presets. ``serve`` puts JACK, OSC, hardwa
 and a control thread around it; ``render`` (waeserver.offline) drives the same instrument on a
 virtual clock.
 
-Threads: JACK's process thread (voices, JACK MIDI), the renderer (the model), the OSC server, the
-control thread (MIDI CC mapping, learn, program changes, outgoing notifications, every 10 ms),
-mido's input threads, and the main thread, which watches the JACK connection and the signals.
+Threads: JACK's process thread (the C voice pool and JACK MIDI, no Python), the renderer (the
+model), the OSC server, the control thread (the pool's events: MIDI CC mapping, learn, program
+changes, outgoing notifications, every 10 ms), mido's input threads, and the main thread, which
+watches the JACK connection and the signals.
 """
 
 from __future__ import annotations
@@ -30,15 +31,14 @@ import numpy as np
 from waeserver.cache import RenderCache
 from waeserver.config import ConfigError, ServeConfig, add_config_arguments, resolve
 from waeserver.faders import ControlError, ControlState
-from waeserver.midi import MidiIn, MidiSettings, curve_exponent, open_inputs, velocity_gain
+from waeserver.midi import MidiControls, MidiSettings, curve_exponent, open_inputs, velocity_gain
 from waeserver.preset_store import PresetError, PresetStore
 from waeserver.renderer import RENDER_VELOCITY, Renderer, RenderWorker
 from waeserver.voices import VoicePool
 
 log = logging.getLogger(__name__)
 
-SWITCH_INTERVAL = 0.0005   # seconds a Python thread may hold the GIL while the audio thread waits
-CONTROL_TICK = 0.010   # notifications and mapped CCs within 10 ms; each tick wants the GIL
+CONTROL_TICK = 0.010   # notifications and mapped CCs within 10 ms
 DAEMON_NICE = -10   # where allowed (root, or the audio group's limits.conf): see Daemon.start
 
 
@@ -53,7 +53,6 @@ class Instrument:
                                  slice_ms=cfg.latency_budget_ms, worker=worker)
         self.pool = VoicePool(rate, self.cache, cfg.polyphony, cfg.latency_budget_ms)
         self.pool.gain, self.pool.release, self.pool.bend_range = cfg.gain, cfg.release, cfg.bend_range
-        self.poster = self.pool.poster
         self.presets = PresetStore(cfg.preset_dir)
         self.controls: deque[tuple] = deque()   # from MIDI parsers, for the control thread
         self.midi_settings = MidiSettings(cfg.midi_channel, curve_exponent(cfg.velocity_curve), dict(cfg.cc_map))
@@ -62,7 +61,9 @@ class Instrument:
                 self.state.check_target(target)
             except ControlError as exc:
                 raise ConfigError(f"cc_map: {exc}") from None
-        self.midi = MidiIn(self.pool, self.controls.append, self.midi_settings)   # on the audio thread
+        self.pool.set_velocity_curve(self.midi_settings.exponent)
+        self.pool.set_channel(cfg.midi_channel)
+        self.pool.on_control = MidiControls(self.controls.append, self.midi_settings).handle
         self.audio = None                                                        # JackAudio when live
         self.notify = lambda key, values: None
         self.state.listeners.append(self._follow)
@@ -82,13 +83,13 @@ class Instrument:
 
     def _swapped(self, bundle, cache: RenderCache) -> None:
         self.cache = cache
-        self.pool.cache = cache
+        cache.attach(self.pool)
         gc.freeze()   # the new model's objects too (see Daemon.start)
         self.notify("model", [bundle.name])
 
     def set_rate(self, rate: int) -> None:
         """Follow a new output rate: every render is redone at it."""
-        self.pool.set_rate(rate, self.pool.max_period)
+        self.pool.set_rate(rate)
         self.renderer.set_rate(rate)
         self.cache.clear()
 
@@ -115,7 +116,7 @@ class Instrument:
         self.midi_settings.learn = target
 
     def sync(self, token) -> None:
-        self.poster.sync(token)
+        self.pool.sync(token)
 
     def save_preset(self, name: str) -> None:
         try:
@@ -144,7 +145,7 @@ class Instrument:
         callback_ms = 0.0
         if audio is not None and audio.client is not None and not audio.gone:
             period_ms = (audio.period + audio.playback_latency()) * 1000.0 / audio.rate
-            callback_ms = audio.callback_ms()
+            callback_ms = self.pool.callback_ms()
         return {"voices": self.pool.sounding(), "xruns": audio.xruns if audio else 0,
                 "cpu_load": audio.cpu_load() if audio else 0.0, "render_ms_p50": p50, "render_ms_p99": p99,
                 "note_latency_ms": period_ms + lat99, "cache_hits": self.pool.hits,
@@ -226,14 +227,12 @@ class Daemon:
         import torch
 
         cfg = self.cfg
-        sys.setswitchinterval(SWITCH_INTERVAL)
         bundle = load_bundle(cfg.model, cfg.device)
         if bundle.device.type == "cpu":
             torch.set_num_threads(1)  # leave the other core to the audio thread
-        # Whichever daemon thread holds the GIL when the audio callback wants it must get a core
-        # at once: at nice 0 a busy machine's other programs descheduled it for milliseconds
-        # while it held the lock. Set before any thread starts, so that all of them (and JACK's,
-        # when JACK is not realtime) inherit it; the render process goes back to nice 19.
+        # When JACK is not realtime its process thread in this process is an ordinary thread: at
+        # nice 0 a busy machine's other programs deschedule it for milliseconds. Set before any
+        # thread starts, so that JACK's inherits it; the render process goes back to nice 19.
         try:
             os.setpriority(os.PRIO_PROCESS, 0, DAEMON_NICE)
             log.info("running at nice %d", DAEMON_NICE)
@@ -249,12 +248,12 @@ class Daemon:
         seconds = inst.renderer.fill()
         log.info("rendered %d notes ahead in %.2f s (one priority note: %.1f ms)",
                  inst.cache.n_fresh(), seconds, inst.cache.expected_ms)
-        self.audio = JackAudio(cfg.jack_name, cfg.jack_server, inst.pool, inst.midi, cfg.jack_connect)
+        self.audio = JackAudio(cfg.jack_name, cfg.jack_server, inst.pool, cfg.jack_connect)
         self._open_jack()
         inst.audio = self.audio
         self.commands = Commands(inst)
         self.osc = OscServer(self.commands, cfg.osc_host, cfg.osc_port, cfg.osc_allow)
-        self.hardware = open_inputs(cfg.midi_inputs, MidiIn(inst.poster, inst.controls.append, inst.midi_settings))
+        self.hardware = open_inputs(cfg.midi_inputs, inst.pool)
         inst.renderer.start()
         self.osc.start()
         self._control = threading.Thread(target=self._control_loop, name="waeserver-control", daemon=True)
@@ -269,8 +268,8 @@ class Daemon:
                  "a note needing a new render takes %.1f ms to render (budget %.1f ms: it %s)",
                  period_ms, inst.cache.expected_ms, cfg.latency_budget_ms, policy)
         # A full garbage collection walks every object torch and the model made (about 200,000):
-        # some 90 ms holding the interpreter lock, in whichever thread triggers it, the audio
-        # thread included. Frozen, they are never walked again, and collections stay short.
+        # some 90 ms holding the interpreter lock, in whichever thread triggers it, a priority
+        # render or an OSC reply waiting meanwhile. Frozen, they are never walked again.
         gc.freeze()
         log.info("OSC on %s:%d; ready", *self.osc.address)
 
@@ -288,6 +287,7 @@ class Daemon:
     def _control_loop(self) -> None:
         inst, osc = self.inst, self.osc
         while not self.stopping.wait(CONTROL_TICK):
+            inst.pool.poll()
             events = inst.pool.events
             while events:
                 kind, arg = events.popleft()
@@ -302,11 +302,7 @@ class Daemon:
 
     def run(self) -> None:
         """Watch the JACK connection until stopped; reconnect when the server comes back."""
-        errors = 0
         while not self.stopping.wait(0.1):
-            if self.audio.errors != errors:
-                log.error("the audio callback failed %d times", self.audio.errors - errors)
-                errors = self.audio.errors
             if self.audio.gone:
                 log.warning("the JACK server went away; playing resumes when it is back")
                 self.audio.close()

@@ -1,457 +1,372 @@
 """The voice pool: polyphony, envelopes, sustain, pitch bend and stealing, mixed from rendered notes.
 
-Everything here runs on the audio thread (or the offline clock): :meth:`VoicePool.begin`, then
-the period's actions at their frame offsets (``at``), then :meth:`VoicePool.finish`. Each voice
-is mixed lazily: an action that changes a voice first mixes that voice up to the action's frame,
-and ``finish`` mixes every voice to the end of the period. So a period costs one mix per sounding
-voice plus one per event, not one per voice per event (a 32-note chord whose notes arrive on 32
-different frames would otherwise mix the whole pool 33 times). Other threads talk to the pool only
-through :attr:`VoicePool.posts` (see :class:`Poster`), applied at the start of the next period.
-Mixing uses preallocated buffers and never waits for the renderer: a note-on takes the cache's
-render as it is (see :meth:`VoicePool.note_on` for the stand-in policy). A render with a loop
-(:class:`~waeserver.cache.Note`) goes back to its loop start whenever a voice reaches its end, so a
-sustained note sounds until its envelope ends it.
+The pool itself is C (``_voices.c``, built with the package): JACK calls it on its process thread
+with no Python on the way, so no Python thread can delay the audio by holding the interpreter
+lock. This module is its Python side: :class:`VoicePool` queues actions, publishes renders and
+reads back what happened; the offline renderer and the tests run periods through the same C code
+with :meth:`VoicePool.run`.
 
-Stealing (when ``polyphony`` voices sound): a free slot, else the oldest released voice, else the
-oldest voice of the same pitch, else the oldest voice. The stolen voice fades out over
-``FADE_S`` in one of the extra tail slots while the new note starts at once.
+A period: queued actions and newly published renders apply at its start, then the period's events
+(MIDI, or any action in tests and offline) at their frame offsets, each voice mixed lazily up to
+the frame of an event that changes it, then every voice to the end (so a 32-note chord spread over
+32 frames costs a mix per voice plus one per event). Mixing reads renders as they are and never
+waits for the renderer.
+
+Policies (the C code follows them; docs/live.md explains them):
+
+- *Stealing*, when ``polyphony`` voices sound: a free slot, else the oldest released voice, else
+  the oldest voice of the same pitch, else the oldest voice. The stolen voice fades out over
+  ``FADE_S`` in one of the extra tail slots while the new note starts at once.
+- *Stale notes*: a note-on whose render is not fresh asks the renderer for it at once. If a
+  priority render is expected within the latency budget (less the period the output takes anyway),
+  the voice waits for it that long at most; else, or when the budget runs out, the most recent
+  render of the pitch plays as a stand-in and is crossfaded (``XFADE_S``) to the new render when it
+  arrives.
+- *Loops*: a render with a loop start (:class:`~waeserver.cache.Note`) goes back to it whenever a
+  voice reaches its end, so a held note sounds until its envelope ends it.
+
+Renders are arrays owned here: a published note gets a slot in the C pool, which hands the slot
+back (an event) once no voice and no pitch uses it; only then is the array let go.
 """
 
 from __future__ import annotations
 
+import ctypes
+import importlib.util
+import threading
 from collections import deque
+from collections.abc import Callable
 
 import numpy as np
 
-FADE_S = 0.005        # steal and panic fade
-XFADE_S = 0.010       # stand-in to fresh render crossfade
-ARRIVALS_PER_PERIOD = 4  # a chord's fresh renders start their crossfades over a few periods, not in one
-LATENCY_SLOTS = 256   # recent note latencies kept for /wae/status
+FADE_S = 0.005        # steal and panic fade (_voices.c)
+XFADE_S = 0.010       # stand-in to fresh render crossfade (_voices.c)
+N_PITCHES = 128
+MAX_SLOTS = 4096
+LATENCY_SLOTS = 256
+TIMED_PERIODS = 4096
 
 FREE, PENDING, PLAYING, RELEASED, FADING = range(5)
+NOTE_ON, NOTE_OFF, SUSTAIN, BEND, PANIC, ALL_OFF, SYNC, PUBLISH, CLEAR, MIDI = range(1, 11)
+E_GO, E_END, E_SYNCED, E_FREED, E_CONTROL = range(1, 6)
+R_RENDER, R_TAKEN = 1, 2
 
 
-class Voice:
-    """One sounding note: a render (``audio`` and its ``loop`` start, see
-    :class:`~waeserver.cache.Note`), a read position (fractional under pitch bend) and an envelope."""
+class Params(ctypes.Structure):
+    """Settings Python may write at any time; the audio thread reads them as it needs them."""
 
-    __slots__ = ("state", "pitch", "gain", "audio", "loop", "pos", "level", "slope", "held", "sustained", "age",
-                 "released_at", "standin", "waiting", "wait", "hold", "on_frame", "old", "xfade", "done")
-    # wait: deadline frame; done: frames of this period already mixed
-
-    def __init__(self):
-        self.state = FREE
-        self.done = 0
-        self.begin(-1, 0.0, 0, 0, -1)
-        self.held = False
-
-    def begin(self, pitch: int, gain: float, age: int, on_frame: int, hold: int) -> None:
-        self.pitch, self.gain, self.age, self.on_frame, self.hold = pitch, gain, age, on_frame, hold
-        self.pos, self.level, self.slope = 0.0, 1.0, 0.0
-        self.held, self.sustained, self.waiting = True, False, False
-        self.released_at, self.wait, self.xfade = 0, 0, 0
-        self.audio = self.old = self.standin = None
-        self.loop = -1
+    _fields_ = [("gain", ctypes.c_double), ("release", ctypes.c_double), ("bend_range", ctypes.c_double),
+                ("budget_ms", ctypes.c_double), ("expected_ms", ctypes.c_double), ("per_note", ctypes.c_int32),
+                ("channel", ctypes.c_int32), ("low", ctypes.c_int32), ("high", ctypes.c_int32),
+                ("wake_fd", ctypes.c_int32), ("pad", ctypes.c_int32), ("velocity", ctypes.c_float * 128)]
 
 
-class Poster:
-    """The pool's note and pedal actions for threads other than the audio thread (OSC, mido)."""
+class Stats(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_int64) for name in
+                ("hits", "misses", "standins", "out_of_range", "dropped", "overflow", "mixes", "frame", "calls",
+                 "n_latency", "notes")] + [("latency", ctypes.c_int64 * LATENCY_SLOTS),
+                                           ("took_ns", ctypes.c_int64 * TIMED_PERIODS)]
 
-    def __init__(self, pool: "VoicePool"):
-        self._posts = pool.posts
 
-    def note_on(self, pitch: int, gain: float, at: int = 0, hold: int = -1) -> None:
-        self._posts.append(("note_on", (pitch, gain, 0, hold)))
+class Voice(ctypes.Structure):
+    """One voice as the C pool keeps it (read live: a snapshot needs a copy)."""
 
-    def note_off(self, pitch: int, at: int = 0) -> None:
-        self._posts.append(("note_off", (pitch,)))
+    _fields_ = [(name, ctypes.c_int32) for name in
+                ("state", "pitch", "held", "sustained", "waiting", "slot", "old", "standin", "xfade", "done")] + \
+               [(name, ctypes.c_double) for name in ("pos", "level", "slope", "gain")] + \
+               [(name, ctypes.c_int64) for name in ("age", "released_at", "on_frame", "wait", "hold")]
 
-    def sustain(self, on: bool, at: int = 0) -> None:
-        self._posts.append(("sustain", (on,)))
 
-    def bend(self, value: int, at: int = 0) -> None:
-        self._posts.append(("bend", (value,)))
+class Command(ctypes.Structure):
+    _fields_ = [("kind", ctypes.c_int32), ("at", ctypes.c_int32), ("a", ctypes.c_int32), ("b", ctypes.c_int32),
+                ("x", ctypes.c_int64), ("y", ctypes.c_int64), ("f", ctypes.c_double)]
 
-    def panic(self, at: int = 0) -> None:
-        self._posts.append(("panic", ()))
 
-    def all_notes_off(self, at: int = 0) -> None:
-        self._posts.append(("all_notes_off", ()))
+class Event(ctypes.Structure):
+    _fields_ = [("kind", ctypes.c_int32), ("a", ctypes.c_int32), ("b", ctypes.c_int32), ("c", ctypes.c_int32)]
 
-    def sync(self, token) -> None:
-        self._posts.append(("sync", (token,)))
+
+class Request(ctypes.Structure):
+    _fields_ = [("kind", ctypes.c_int32), ("pitch", ctypes.c_int32)]
+
+
+def _load() -> ctypes.CDLL:
+    spec = importlib.util.find_spec("waeserver._voices")
+    if spec is None or spec.origin is None:
+        raise ImportError("waeserver's C voice pool is not built: pip install -e . (needs a C compiler)")
+    lib = ctypes.CDLL(spec.origin)
+    p, i32, i64, dbl = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_double
+    for name, res, args in [
+        ("voices_new", p, [ctypes.c_int, ctypes.c_int, ctypes.c_int]), ("voices_free", None, [p]),
+        ("voices_params", ctypes.POINTER(Params), [p]), ("voices_stats", ctypes.POINTER(Stats), [p]),
+        ("voices_voices", p, [p]), ("voices_fresh", p, [p]), ("voices_played", p, [p]), ("voices_current", p, [p]),
+        ("voices_ratio", dbl, [p]), ("voices_sustain_on", ctypes.c_int, [p]), ("voices_sizes", ctypes.c_int, [ctypes.c_int]),
+        ("voices_set_rate", None, [p, ctypes.c_int]),
+        ("voices_command", ctypes.c_int, [p, i32, i32, i32, i32, i64, i64, dbl]),
+        ("voices_queued", ctypes.c_int, [p, p, ctypes.c_int]), ("voices_events", ctypes.c_int, [p, p, ctypes.c_int]),
+        ("voices_requests", ctypes.c_int, [p, p, ctypes.c_int]), ("voices_has_requests", ctypes.c_int, [p]),
+        ("voices_process", None, [p, p, ctypes.c_int, p, ctypes.c_int]),
+        ("voices_attach_jack", ctypes.c_int, [p, p, p, p, p]),
+    ]:
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = res, args
+    for i, struct in enumerate((Params, Stats, Voice, Command)):
+        if lib.voices_sizes(i) != ctypes.sizeof(struct):
+            raise ImportError(f"waeserver's C voice pool does not match voices.py ({struct.__name__}): rebuild it")
+    return lib
+
+
+_lib = _load()
+
+ACTIONS = {"note_on": NOTE_ON, "note_off": NOTE_OFF, "sustain": SUSTAIN, "bend": BEND, "panic": PANIC,
+           "all_notes_off": ALL_OFF, "midi": MIDI}
+
+
+def _command(action: str, args: tuple, at: int = 0) -> tuple:
+    """``(kind, at, a, b, x, y, f)`` of one voice action (see the actions of :class:`VoicePool`)."""
+    kind = ACTIONS[action]
+    if kind == NOTE_ON:
+        pitch, gain, *hold = args
+        return kind, at, int(pitch), 0, int(hold[0]) if hold else -1, 0, float(gain)
+    if kind == MIDI:
+        data = bytes(args[0])
+        return kind, at, data[0] if data else 0, data[1] if len(data) > 1 else 0, \
+            data[2] if len(data) > 2 else 0, len(data) if len(data) <= 3 else 0, 0.0
+    return kind, at, int(args[0]) if args else 0, 0, 0, 0, 0.0
 
 
 class VoicePool:
     """``polyphony`` voices (plus as many tail slots for fading stolen voices) at ``rate`` Hz.
 
-    ``cache`` is read for renders; ``budget_ms`` is the latency budget of a note whose render is
-    not fresh. ``events`` receives ``("n_go", pitch)``, ``("n_end", pitch)`` and
-    ``("synced", token)`` for the notification thread.
+    ``cache`` (a :class:`~waeserver.cache.RenderCache`) publishes its renders into the pool;
+    ``budget_ms`` is the latency budget of a note whose render is not fresh. After :meth:`poll`,
+    ``events`` holds ``("n_go", pitch)``, ``("n_end", pitch)`` and ``("synced", token)`` for the
+    notification thread, and MIDI control messages (CCs other than sustain and the all-offs, program
+    changes) went to ``on_control(bytes)``.
+
+    The actions (``note_on``, ``note_off``, ``sustain``, ``bend``, ``panic``, ``all_notes_off``,
+    ``midi``) may be called from any thread; they take effect at the start of the next period.
     """
 
-    def __init__(self, rate: int, cache, polyphony: int = 32, budget_ms: float = 10.0, max_period: int = 8192):
-        self.cache = cache
+    def __init__(self, rate: int, cache=None, polyphony: int = 32, budget_ms: float = 10.0, max_period: int = 8192):
+        self._p = _lib.voices_new(int(rate), int(polyphony), int(max_period))
+        if not self._p:
+            raise MemoryError("cannot allocate the voice pool")
         self.polyphony = int(polyphony)
-        self.voices = [Voice() for _ in range(2 * self.polyphony)]
-        self.budget_ms = float(budget_ms)
-        self.posts: deque[tuple] = deque()
-        self.events: deque[tuple] = deque(maxlen=8192)
-        self.poster = Poster(self)
-        self.gain = 1.0
-        self.release = 0.3
-        self.bend_range = 2.0
-        self.sustain_on = False
-        self.ratio = 1.0           # playback speed from pitch bend
-        self.frame = 0             # frames since start, at the beginning of this period
-        self.hits = self.misses = self.standins = self.out_of_range = 0
-        self.latency = np.zeros(LATENCY_SLOTS, np.float64)   # frames from note-on to sound
-        self.n_latency = 0
-        self._age = 0
-        self._gain_now = 1.0
-        self.set_rate(rate, max_period)
-
-    def set_rate(self, rate: int, max_period: int = 8192) -> None:
-        """Size the buffers for ``rate`` Hz and periods up to ``max_period`` frames."""
+        self.max_period = int(max_period)
         self.rate = int(rate)
-        self.fade = max(1, int(FADE_S * self.rate))
-        self.xfade_len = max(1, int(XFADE_S * self.rate))
-        n = int(max_period)
-        self.max_period = n
-        self.buf = np.zeros(n, np.float32)
-        self._ramp = np.arange(1, n + 1, dtype=np.float64)
-        self._pos = np.zeros(n, np.float64)
-        self._i0 = np.zeros(n, np.int64)
-        self._i1 = np.zeros(n, np.int64)
-        self._a = np.zeros(n, np.float32)
-        self._b = np.zeros(n, np.float32)
-        self._src = np.zeros(n, np.float32)
-        self._old = np.zeros(n, np.float32)
-        self._env = np.zeros(n, np.float64)
-        self._n = 0
+        self.params = _lib.voices_params(self._p).contents
+        self.stats = _lib.voices_stats(self._p).contents
+        self.voices = (Voice * (2 * self.polyphony)).from_address(_lib.voices_voices(self._p))
+        self.fresh = np.ctypeslib.as_array((ctypes.c_bool * N_PITCHES).from_address(_lib.voices_fresh(self._p)))
+        self.played = np.ctypeslib.as_array((ctypes.c_int64 * N_PITCHES).from_address(_lib.voices_played(self._p)))
+        self.current = np.ctypeslib.as_array((ctypes.c_int32 * N_PITCHES).from_address(_lib.voices_current(self._p)))
+        self.params.budget_ms = float(budget_ms)
+        self.events: deque[tuple] = deque(maxlen=8192)
+        self.on_control: Callable[[bytes], None] = lambda data: None
+        self._lock = threading.Lock()           # producers of commands (Python threads only)
+        self._polling = threading.Lock()        # consumers of events
+        self._notes: dict[int, object] = {}     # slot -> the Note it holds (keeps the array alive)
+        self._free = list(range(MAX_SLOTS - 1, -1, -1))
+        self._tokens: dict[int, object] = {}
+        self._next_token = 0
+        self._event_buf = (Event * 4096)()
+        self._request_buf = (Request * 1024)()
+        self._jack = None                       # the client whose process callback we are
+        self.cache = None
+        if cache is not None:
+            cache.attach(self)
+
+    def __del__(self):
+        if getattr(self, "_p", None) and self._jack is None:   # JACK may still call a pool it was given
+            _lib.voices_free(self._p)
+            self._p = None
+
+    # --- settings -----------------------------------------------------------------------------
+    gain = property(lambda self: self.params.gain, lambda self, v: setattr(self.params, "gain", float(v)))
+    release = property(lambda self: self.params.release, lambda self, v: setattr(self.params, "release", float(v)))
+    bend_range = property(lambda self: self.params.bend_range,
+                          lambda self, v: setattr(self.params, "bend_range", float(v)))
+    budget_ms = property(lambda self: self.params.budget_ms,
+                         lambda self, v: setattr(self.params, "budget_ms", float(v)))
+
+    def set_velocity_curve(self, exponent: float) -> None:
+        """MIDI velocity 1..127 to gain: ``(velocity / 127) ** exponent``."""
+        for v in range(128):
+            self.params.velocity[v] = (v / 127.0) ** exponent
+
+    def set_channel(self, channel: int) -> None:
+        """Take MIDI notes from ``channel`` 1..16 only, or from every channel (0)."""
+        self.params.channel = int(channel)
+
+    def set_rate(self, rate: int) -> None:
+        """A new output rate (fade lengths follow); only while JACK is not calling the pool."""
+        self.rate = int(rate)
+        _lib.voices_set_rate(self._p, self.rate)
 
     # --- queries -----------------------------------------------------------------------------
+    @property
+    def ratio(self) -> float:
+        """Playback speed from pitch bend."""
+        return _lib.voices_ratio(self._p)
+
+    @property
+    def sustain_on(self) -> bool:
+        return bool(_lib.voices_sustain_on(self._p))
+
+    hits = property(lambda self: self.stats.hits)
+    misses = property(lambda self: self.stats.misses)
+    standins = property(lambda self: self.stats.standins)
+    out_of_range = property(lambda self: self.stats.out_of_range)
+    dropped = property(lambda self: self.stats.dropped)
+    frame = property(lambda self: self.stats.frame)
+
     def sounding(self) -> int:
         return sum(1 for v in self.voices if v.state != FREE)
 
+    def audio(self, voice: Voice, which: str = "slot"):
+        """The render array a voice plays (``which``: ``slot``, ``old`` for a crossfade's, ``standin``), or None."""
+        note = self._notes.get(getattr(voice, which))
+        return None if note is None else note.wave
+
     def latency_ms(self) -> tuple[float, float]:
         """p50 and p99 of recent note-on to sound delays inside the engine (ms)."""
-        n = min(self.n_latency, LATENCY_SLOTS)
+        n = min(self.stats.n_latency, LATENCY_SLOTS)
         if n == 0:
             return 0.0, 0.0
-        p50, p99 = np.percentile(self.latency[:n], [50, 99]) * 1000.0 / self.rate
+        p50, p99 = np.percentile(np.ctypeslib.as_array(self.stats.latency)[:n], [50, 99]) * 1000.0 / self.rate
         return float(p50), float(p99)
 
-    # --- period --------------------------------------------------------------------------------
-    def begin(self, n: int) -> None:
-        """Start a period of ``n`` frames: apply posted actions and newly rendered notes."""
-        self._n = n
-        self.buf[:n] = 0.0
-        for v in self.voices:
-            v.done = 0
-        while self.posts:
-            name, args = self.posts.popleft()
-            if name == "sync":
-                self.events.append(("synced", args[0]))
-            else:
-                getattr(self, name)(*args)
-        arrivals = self.cache.arrivals
-        if arrivals and not any(v.state == PENDING or v.waiting for v in self.voices):
-            arrivals.clear()      # refills nobody waits for
-        for _ in range(min(len(arrivals), ARRIVALS_PER_PERIOD)):
-            pitch, note = arrivals.popleft()
-            self._arrived(pitch, note)
-        end = self.frame + n
-        for v in self.voices:    # waited as long as the budget allows: the last render plays
-            if v.state == PENDING and v.standin is not None and v.wait < end:
-                self._play_standin(v, 0)
+    def callback_ms(self) -> float:
+        """The longest JACK process callback over recent periods (ms)."""
+        n = min(self.stats.calls, TIMED_PERIODS)
+        return float(np.ctypeslib.as_array(self.stats.took_ns)[:n].max()) / 1e6 if n else 0.0
 
-    def finish(self, out: np.ndarray) -> None:
-        """Mix every voice to the end of the period and write it to ``out [n]``: master gain (ramped
-        when it changed), clipped to ±1."""
-        n = self._n
-        for v in self.voices:
-            if v.state != FREE:
-                self._upto(v, n)
-        buf = self.buf[:n]
-        target = self.gain
-        if target != self._gain_now:
-            env = self._env[:n]
-            np.multiply(self._ramp[:n], (target - self._gain_now) / n, out=env)
-            env += self._gain_now
-            np.multiply(buf, env, out=buf)
-            self._gain_now = target
-        elif target != 1.0:
-            buf *= target
-        np.clip(buf, -1.0, 1.0, out=out[:n])
-        self.frame += n
+    def queued(self) -> list[tuple[str, int]]:
+        """``(action, first argument)`` of the voice actions queued for the next period (renders
+        published and sync tokens left out)."""
+        buf = (Command * 8192)()
+        n = _lib.voices_queued(self._p, buf, len(buf))
+        names = {v: k for k, v in ACTIONS.items()}
+        return [(names[c.kind], c.a) for c in buf[:n] if c.kind in names]
 
-    def run(self, out: np.ndarray, events: list[tuple[int, str, tuple]] = ()) -> None:
-        """One period into ``out``, with ``(offset, action, args)`` events at their frames."""
-        n = len(out)
-        self.begin(n)
-        pos = 0
-        for offset, action, args in events:
-            pos = min(max(offset, pos), n)
-            getattr(self, action)(*args, at=pos)
-        self.finish(out)
+    # --- actions (any thread) ----------------------------------------------------------------
+    def _push(self, kind: int, a: int = 0, b: int = 0, x: int = 0, y: int = 0, f: float = 0.0) -> bool:
+        with self._lock:
+            return bool(_lib.voices_command(self._p, kind, 0, a, b, x, y, f))
 
-    # --- actions (audio thread) ----------------------------------------------------------------
-    def note_on(self, pitch: int, gain: float, at: int = 0, hold: int = -1) -> None:
-        """Start ``pitch`` at ``gain`` (0..1, after the velocity curve); ``hold`` frames, -1 until off.
+    def note_on(self, pitch: int, gain: float, hold: int = -1) -> None:
+        """``pitch`` at ``gain`` (0..1, after the velocity curve) for ``hold`` frames, -1 until off."""
+        self._push(NOTE_ON, int(pitch), x=int(hold), f=float(gain))
 
-        A fresh render plays at once. Otherwise the pitch is requested from the renderer: if a
-        priority render is expected within the latency budget less the period the output takes
-        anyway, the voice waits for it that long at most; else (or when the budget runs out) the most recent render of the pitch plays as a
-        stand-in and is crossfaded to the new render when it arrives.
-        """
-        cache = self.cache
-        if not cache.playable(pitch):
-            self.out_of_range += 1
-            return
-        v = self._allocate(pitch, at)
-        self._age += 1
-        v.begin(pitch, gain, self._age, self.frame + at, hold)
-        v.done = at
-        note, fresh = cache.take(pitch)
-        if fresh:
-            self.hits += 1
-            self._play(v, note, at)
-            return
-        self.misses += 1
-        cache.request(pitch)
-        v.standin = note
-        # The budget covers the whole way to the output, so one period of it is spent anyway; a
-        # render can only be picked up at the start of a later period, before the deadline.
-        wait_ms = self.budget_ms - 1000.0 * self._n / self.rate
-        deadline = v.on_frame + int(wait_ms * self.rate / 1000.0)
-        if note is None or (cache.expected_ms <= wait_ms and deadline >= self.frame + self._n):
-            v.state = PENDING
-            v.wait = deadline
-        else:
-            self._play_standin(v, at)
+    def note_off(self, pitch: int) -> None:
+        self._push(NOTE_OFF, int(pitch))
 
-    def note_off(self, pitch: int, at: int = 0) -> None:
-        for v in self.voices:
-            if v.held and v.pitch == pitch and v.state in (PENDING, PLAYING):
-                self._upto(v, at)
-                v.held = False
-                if self.sustain_on:
-                    v.sustained = True
-                else:
-                    self._release(v)
+    def sustain(self, on: bool) -> None:
+        self._push(SUSTAIN, int(bool(on)))
 
-    def sustain(self, on: bool, at: int = 0) -> None:
-        self.sustain_on = bool(on)
-        if not on:
-            for v in self.voices:
-                if v.sustained and not v.held and v.state in (PENDING, PLAYING):
-                    self._upto(v, at)
-                    v.sustained = False
-                    self._release(v)
-
-    def bend(self, value: int, at: int = 0) -> None:
+    def bend(self, value: int) -> None:
         """14-bit pitch bend, centred on 0 (-8192..8191), over ``bend_range`` semitones."""
-        ratio = 2.0 ** (value / 8192.0 * self.bend_range / 12.0)
-        if ratio != self.ratio:
-            for v in self.voices:
-                self._upto(v, at)
-            self.ratio = ratio
+        self._push(BEND, int(value))
 
-    def panic(self, at: int = 0) -> None:
+    def panic(self) -> None:
         """Every voice off with a short fade; pedal up and bend centred."""
-        for v in self.voices:
-            if v.state != FREE:
-                self._upto(v, at)
-                self._fade_out(v)
-        self.sustain_on = False
-        self.ratio = 1.0
+        self._push(PANIC)
 
-    def all_notes_off(self, at: int = 0) -> None:
+    def all_notes_off(self) -> None:
         """Release every note, sustained ones too."""
-        self.sustain_on = False
-        for v in self.voices:
-            if v.state in (PENDING, PLAYING):
-                self._upto(v, at)
-                v.held = v.sustained = False
-                self._release(v)
+        self._push(ALL_OFF)
 
-    # --- internals ---------------------------------------------------------------------------
-    def _allocate(self, pitch: int, at: int) -> Voice:
-        free = None
-        active = 0
-        for v in self.voices:
-            if v.state == FREE:
-                if free is None:
-                    free = v
-            elif v.state != FADING:
-                active += 1
-        if active >= self.polyphony:
-            released = [v for v in self.voices if v.state == RELEASED]
-            same = [v for v in self.voices if v.pitch == pitch and v.state in (PENDING, PLAYING)]
-            candidates = released or same or [v for v in self.voices if v.state in (PENDING, PLAYING)]
-            victim = min(candidates, key=lambda v: v.released_at if v.state == RELEASED else v.age)
-            self._upto(victim, at)
-            self._fade_out(victim)
-            if free is None and victim.state == FREE:   # a pending victim ends at once
-                free = victim
-        if free is not None:
-            return free
-        # every tail slot still fading (a flood of notes): cut the quietest tail
-        v = min((v for v in self.voices if v.state == FADING), key=lambda v: v.level)
-        self._upto(v, at)
-        self._end(v)
-        return v
+    def midi(self, data: bytes) -> None:
+        """One raw MIDI channel message from another input (mido), parsed as JACK's are."""
+        kind, _, a, b, x, y, f = _command("midi", (data,))
+        self._push(kind, a, b, x, y, f)
 
-    def _play(self, v: Voice, note, at: int) -> None:
-        v.audio, v.loop = note
-        v.state = PLAYING
-        self._record_latency(self.frame + at - v.on_frame)
-        self.events.append(("n_go", v.pitch))
-        if not v.held and not v.sustained:  # let go while it waited: a short note, still heard
-            self._release(v)
+    def sync(self, token) -> None:
+        """``("synced", token)`` in :attr:`events` once every action before it has been applied."""
+        with self._lock:
+            self._next_token += 1
+            self._tokens[self._next_token] = token
+            _lib.voices_command(self._p, SYNC, 0, self._next_token, 0, 0, 0, 0.0)
 
-    def _play_standin(self, v: Voice, at: int) -> None:
-        self.standins += 1
-        v.waiting = True
-        self._play(v, v.standin, at)
-        v.standin = None
+    # --- renders (the cache's thread) ---------------------------------------------------------
+    def publish(self, pitch: int, note) -> bool:
+        """Make ``note`` (a :class:`~waeserver.cache.Note`) the render of ``pitch`` from the next period."""
+        wave = note.wave
+        if wave.dtype != np.float32 or not wave.flags.c_contiguous or len(wave) < 1:
+            raise ValueError("a render must be a non-empty contiguous float32 array")
+        with self._lock:
+            if not self._free:
+                self.poll()
+            if not self._free:
+                return False
+            slot = self._free.pop()
+            self._notes[slot] = note
+            return bool(_lib.voices_command(self._p, PUBLISH, 0, int(pitch), slot, wave.ctypes.data, len(wave),
+                                            float(note.loop)))
 
-    def _arrived(self, pitch: int, note) -> None:
-        per_note = self.cache.target is not None and self.cache.target[2]
-        for v in self.voices:
-            if v.pitch != pitch or v.state == FREE:
-                continue
-            if v.state == PENDING:
-                v.standin = None
-                self._play(v, note, 0)
-            elif v.waiting:
-                v.old, v.xfade = v.audio, self.xfade_len
-                v.audio, v.loop = note
-            else:
-                continue
-            v.waiting = False
-            if per_note:  # this draw is this note's now; the next note of the pitch gets another
-                self.cache.take(pitch)
-                return
+    def clear(self) -> None:
+        """Forget every pitch's render (voices keep what they play)."""
+        self._push(CLEAR)
 
-    def _record_latency(self, frames: int) -> None:
-        self.latency[self.n_latency % LATENCY_SLOTS] = max(0, frames)
-        self.n_latency += 1
+    def has_requests(self) -> bool:
+        return bool(_lib.voices_has_requests(self._p))
 
-    def _release(self, v: Voice) -> None:
-        if v.state == PENDING:  # released as soon as it starts (see _play)
-            return
-        v.state = RELEASED
-        self._age += 1
-        v.released_at = self._age
-        v.slope = -v.level / max(self.fade, self.release * self.rate)
+    def requests(self) -> list[tuple[int, int]]:
+        """``(kind, pitch)`` the audio thread asked of the renderer: ``R_RENDER`` a pitch now, ``R_TAKEN`` a
+        per-note draw used up. One consumer (the renderer's thread)."""
+        n = _lib.voices_requests(self._p, self._request_buf, len(self._request_buf))
+        return [(r.kind, r.pitch) for r in self._request_buf[:n]]
 
-    def _fade_out(self, v: Voice) -> None:
-        if v.state == PENDING:
-            self._end(v)
-            return
-        v.state = FADING
-        v.held = v.sustained = False
-        v.slope = -v.level / self.fade
+    # --- events (the control thread) ---------------------------------------------------------
+    def poll(self) -> None:
+        """Collect what the audio thread reported: events, slots it let go, MIDI controls."""
+        with self._polling:
+            while True:
+                n = _lib.voices_events(self._p, self._event_buf, len(self._event_buf))
+                for e in self._event_buf[:n]:
+                    if e.kind == E_GO:
+                        self.events.append(("n_go", e.a))
+                    elif e.kind == E_END:
+                        self.events.append(("n_end", e.a))
+                    elif e.kind == E_FREED:
+                        self._notes.pop(e.a, None)
+                        self._free.append(e.a)
+                    elif e.kind == E_SYNCED:
+                        self.events.append(("synced", self._tokens.pop(e.a, None)))
+                    elif e.kind == E_CONTROL:
+                        self.on_control(bytes((e.a, e.b, e.c)) if e.a & 0xF0 == 0xB0 else bytes((e.a, e.b)))
+                if n < len(self._event_buf):
+                    return
 
-    def _end(self, v: Voice) -> None:
-        if v.state in (PLAYING, RELEASED, FADING):
-            self.events.append(("n_end", v.pitch))
-        v.state = FREE
-        v.audio = v.old = v.standin = None
+    # --- periods (offline clock, tests) -------------------------------------------------------
+    def run(self, out: np.ndarray, events=()) -> None:
+        """One period into ``out`` (float32), with ``(offset, action, args)`` events at their frames
+        (actions as above; ``("midi", (bytes,))`` for raw MIDI), then :meth:`poll`."""
+        self.process(out, self.prepare(events))
+        self.poll()
 
-    def _read(self, audio: np.ndarray, pos: float, n: int, out: np.ndarray) -> int:
-        """Read ``n`` frames of ``audio`` from ``pos`` at the bend ratio into ``out``; frames read."""
-        ratio = self.ratio
-        length = len(audio)
-        if ratio == 1.0 and pos == int(pos):
-            i = int(pos)
-            k = max(0, min(n, length - i))
-            out[:k] = audio[i:i + k]
-            return k
-        k = max(0, min(n, int(np.ceil((length - 1 - pos) / ratio))))
-        if k == 0:
-            return 0
-        idx, i0, i1, a, b = self._pos[:k], self._i0[:k], self._i1[:k], self._a[:k], self._b[:k]
-        np.multiply(self._ramp[:k], ratio, out=idx)
-        idx += pos - ratio                 # ramp starts at 1
-        np.copyto(i0, idx, casting="unsafe")
-        np.add(i0, 1, out=i1)
-        np.minimum(i1, length - 1, out=i1)
-        np.take(audio, i0, out=a)
-        np.take(audio, i1, out=b)
-        idx -= i0                          # fractional part
-        np.subtract(b, a, out=b)
-        np.multiply(b, idx, out=b, casting="same_kind")
-        np.add(a, b, out=out[:k])
-        return k
+    @staticmethod
+    def prepare(events) -> ctypes.Array:
+        """``(offset, action, args)`` events as the C pool takes them (see :meth:`process`)."""
+        cmds = (Command * len(events))()
+        for c, (offset, action, args) in zip(cmds, events):
+            (c.kind, c.at, c.a, c.b, c.x, c.y, c.f) = _command(action, tuple(args), int(offset))
+        return cmds
 
-    def _upto(self, v: Voice, end: int) -> None:
-        """Mix ``v`` from where it stands in this period up to frame ``end``."""
-        start = v.done
-        if end <= start:
-            return
-        v.done = end
-        if v.state == FREE or v.state == PENDING:   # pending: silent until its render arrives or its deadline
-            return
-        self._mix_voice(v, start, end)
+    def process(self, out: np.ndarray, cmds: ctypes.Array) -> None:
+        """Just the C pool's period, as JACK calls it (no :meth:`poll`)."""
+        if out.dtype != np.float32 or not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError("out must be a writeable contiguous float32 array")
+        _lib.voices_process(self._p, out.ctypes.data, len(out), cmds, len(cmds))
 
-    def _mix_voice(self, v: Voice, start: int, end: int) -> None:
-        n = end - start
-        if v.hold > 0:
-            v.hold -= n
-            if v.hold <= 0 and v.held:
-                v.held = False
-                if self.sustain_on:
-                    v.sustained = True
-                else:
-                    self._release(v)
-        src = self._src
-        audio, ratio = v.audio, self.ratio
-        k = self._read(audio, v.pos, n, src)
-        pos = v.pos + k * ratio
-        if k < n and v.loop >= 0:   # a sustained note goes back to its loop start
-            span = len(audio) - v.loop
-            while k < n:
-                pos -= span
-                got = self._read(audio, pos, n - k, src[k:])
-                pos += got * ratio
-                k += got
-                if got == 0:
-                    break
-        if v.xfade > 0 and v.old is not None:
-            kx = min(k, v.xfade)
-            old = self._old
-            ko = self._read(v.old, v.pos, kx, old)
-            old[ko:kx] = 0.0
-            w = self._env[:kx]                 # the old render's weight, falling to 0
-            np.multiply(self._ramp[:kx], -1.0 / self.xfade_len, out=w)
-            w += v.xfade / self.xfade_len
-            np.subtract(old[:kx], src[:kx], out=old[:kx])
-            np.multiply(old[:kx], w, out=old[:kx], casting="same_kind")
-            src[:kx] += old[:kx]
-            v.xfade -= kx
-            if v.xfade <= 0:
-                v.old = None
-        g = v.gain * v.level
-        out = self.buf[start:start + k]
-        if v.slope != 0.0:
-            env = self._env[:k]
-            np.multiply(self._ramp[:k], v.slope, out=env)
-            env += v.level
-            np.clip(env, 0.0, 1.0, out=env)
-            env *= v.gain
-            np.multiply(src[:k], env, out=src[:k], casting="same_kind")
-            out += src[:k]
-            v.level = max(0.0, min(1.0, v.level + v.slope * k))
-            if v.level <= 0.0:
-                self._end(v)
-                return
-        else:
-            if g != 1.0:
-                src[:k] *= g
-            out += src[:k]
-        v.pos = pos
-        if k < n:
-            self._end(v)
+    # --- JACK ----------------------------------------------------------------------------------
+    def attach_jack(self, client, out_1, out_2, midi_in) -> None:
+        """Be the process callback of a JACK-Client ``client`` (before it is activated)."""
+        import jack
+
+        address = lambda obj: int(jack._ffi.cast("uintptr_t", obj._ptr))  # noqa: E731
+        rc = _lib.voices_attach_jack(self._p, address(client), address(out_1), address(out_2), address(midi_in))
+        if rc != 0:
+            raise OSError(f"cannot set the JACK process callback ({rc})")
+        self._jack = client

@@ -1,0 +1,695 @@
+/* The voice pool in C: the whole real-time path of waeserver, with no interpreter in it.
+ *
+ * JACK calls voices_jack_process on its process thread; it reads the period's MIDI, mixes the
+ * sounding voices from renders already published, and writes both outputs. Python never runs on
+ * that thread, so no Python thread (renderer, OSC, control, garbage collector) can delay it by
+ * holding the interpreter lock. The offline renderer and the tests call voices_process with the
+ * same MIDI events instead.
+ *
+ * Everything else talks to the pool through three single-producer single-consumer rings:
+ *   commands (Python -> audio): note and pedal actions, raw MIDI from other inputs, published
+ *     renders, applied at the start of the next period;
+ *   events (audio -> Python): note started / ended, sync tokens, renders no longer used, MIDI
+ *     control messages (mapped CCs, program changes) for the control thread;
+ *   requests (audio -> renderer): pitches to render now, per-note draws used up.
+ * A render is a float array owned by Python; its slot holds a pointer, a length and a loop start,
+ * and a reference count (the pitch table and each voice using it). When the count drops to zero
+ * the slot is handed back through the events ring, and only then may Python free the array.
+ *
+ * The voice logic follows waeserver/voices.py's documentation: a free voice, else the oldest
+ * released, else the oldest of the same pitch, else the oldest; stolen voices fade over 5 ms in a
+ * tail slot; stale notes wait for a priority render within the latency budget or play the last
+ * render of their pitch as a stand-in, crossfaded to the new render when it arrives.
+ */
+
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define N_PITCHES 128
+#define MAX_SLOTS 4096
+#define CMD_RING 8192      /* powers of two */
+#define EVENT_RING 16384
+#define REQUEST_RING 1024
+#define LATENCY_SLOTS 256
+#define TIMED_PERIODS 4096
+#define MAX_MIDI 1024      /* MIDI events of one period handed to the pool; more are dropped */
+#define FADE_S 0.005       /* steal and panic fade */
+#define XFADE_S 0.010      /* stand-in to fresh render crossfade */
+
+enum { FREE, PENDING, PLAYING, RELEASED, FADING };
+enum { C_NOTE_ON = 1, C_NOTE_OFF, C_SUSTAIN, C_BEND, C_PANIC, C_ALL_OFF, C_SYNC, C_PUBLISH, C_CLEAR, C_MIDI };
+enum { E_GO = 1, E_END, E_SYNCED, E_FREED, E_CONTROL };
+enum { R_RENDER = 1, R_TAKEN };
+
+typedef struct { int32_t kind, at, a, b; int64_t x, y; double f; } Command;
+typedef struct { int32_t kind, a, b, c; } Event;
+typedef struct { int32_t kind, pitch; } Request;
+
+/* Written by Python at any time, read by the audio thread once per use. */
+typedef struct {
+    double gain, release, bend_range, budget_ms, expected_ms;
+    int32_t per_note, channel, low, high, wake_fd, pad;
+    float velocity[128];
+} Params;
+
+typedef struct {
+    int64_t hits, misses, standins, out_of_range, dropped, overflow, mixes, frame, calls, n_latency, notes;
+    int64_t latency[LATENCY_SLOTS];      /* frames from note-on to sound */
+    int64_t took_ns[TIMED_PERIODS];      /* JACK callback durations */
+} Stats;
+
+typedef struct {
+    int32_t state, pitch, held, sustained, waiting, slot, old, standin, xfade, done;
+    double pos, level, slope, gain;
+    int64_t age, released_at, on_frame, wait, hold;
+} Voice;
+
+typedef struct { const float *wave; int64_t length, loop; int32_t refs, pad; } Slot;
+
+typedef struct {
+    uint32_t head, tail;     /* head: producer's, tail: consumer's; both only grow */
+} Ring;
+
+typedef void *(*port_buffer_fn)(void *, uint32_t);
+typedef uint32_t (*midi_count_fn)(void *);
+typedef struct { uint32_t time; size_t size; uint8_t *buffer; } JackMidiEvent;
+typedef int (*midi_get_fn)(JackMidiEvent *, void *, uint32_t);
+typedef int (*set_process_fn)(void *, int (*)(uint32_t, void *), void *);
+
+typedef struct {
+    Params params;
+    Stats stats;
+    uint8_t fresh[N_PITCHES];            /* written by Python (the cache), cleared here by per-note takes */
+    int64_t played[N_PITCHES];           /* note counter per pitch: refill the most recently played first */
+    int32_t current[N_PITCHES];          /* slot of each pitch's latest render, -1 none */
+    int32_t rate, polyphony, n_voices, max_period, fade, xfade_len, sustain_on, n;
+    double ratio, gain_now;
+    int64_t age;
+    Voice *voices;
+    Slot slots[MAX_SLOTS];
+    Ring cmd_ring, event_ring, request_ring;
+    Command commands[CMD_RING];
+    Event events[EVENT_RING];
+    Request requests[REQUEST_RING];
+    float *buf, *src, *old;
+    /* JACK */
+    void *out_1, *out_2, *midi_in;
+    port_buffer_fn port_buffer;
+    midi_count_fn midi_count;
+    midi_get_fn midi_get;
+    Command midi[MAX_MIDI];
+} Pool;
+
+/* --- rings ------------------------------------------------------------------------------------ */
+static int ring_space(Ring *r, uint32_t size) {
+    return (uint32_t)(r->head - __atomic_load_n(&r->tail, __ATOMIC_ACQUIRE)) < size;
+}
+static void ring_published(Ring *r) { __atomic_store_n(&r->head, r->head + 1, __ATOMIC_RELEASE); }
+static int ring_ready(Ring *r) { return __atomic_load_n(&r->head, __ATOMIC_ACQUIRE) != r->tail; }
+static void ring_consumed(Ring *r) { __atomic_store_n(&r->tail, r->tail + 1, __ATOMIC_RELEASE); }
+
+static void emit(Pool *p, int32_t kind, int32_t a, int32_t b, int32_t c) {
+    if (!ring_space(&p->event_ring, EVENT_RING)) { p->stats.overflow++; return; }
+    Event *e = &p->events[p->event_ring.head & (EVENT_RING - 1)];
+    e->kind = kind; e->a = a; e->b = b; e->c = c;
+    ring_published(&p->event_ring);
+}
+
+static void ask(Pool *p, int32_t kind, int32_t pitch) {
+    if (ring_space(&p->request_ring, REQUEST_RING)) {
+        Request *r = &p->requests[p->request_ring.head & (REQUEST_RING - 1)];
+        r->kind = kind; r->pitch = pitch;
+        ring_published(&p->request_ring);
+    } else {
+        p->stats.overflow++;
+    }
+    if (p->params.wake_fd >= 0) {   /* a non-blocking pipe: a full one means the renderer is awake */
+        char w = 'w';
+        ssize_t ignored = write(p->params.wake_fd, &w, 1);
+        (void)ignored;
+    }
+}
+
+/* --- slots -------------------------------------------------------------------------------------- */
+static void ref(Pool *p, int32_t s) { if (s >= 0) p->slots[s].refs++; }
+static void unref(Pool *p, int32_t s) {
+    if (s >= 0 && --p->slots[s].refs == 0) emit(p, E_FREED, s, 0, 0);
+}
+
+/* --- voices ------------------------------------------------------------------------------------- */
+static void voice_begin(Voice *v, int32_t pitch, double gain, int64_t age, int64_t on_frame, int64_t hold) {
+    v->pitch = pitch; v->gain = gain; v->age = age; v->on_frame = on_frame; v->hold = hold;
+    v->pos = 0.0; v->level = 1.0; v->slope = 0.0;
+    v->held = 1; v->sustained = 0; v->waiting = 0;
+    v->released_at = 0; v->wait = 0; v->xfade = 0;
+    v->slot = v->old = v->standin = -1;
+}
+
+static void end_voice(Pool *p, Voice *v) {
+    if (v->state == PLAYING || v->state == RELEASED || v->state == FADING) emit(p, E_END, v->pitch, 0, 0);
+    v->state = FREE;
+    unref(p, v->slot); unref(p, v->old); unref(p, v->standin);
+    v->slot = v->old = v->standin = -1;
+}
+
+static void release_voice(Pool *p, Voice *v) {
+    if (v->state == PENDING) return;   /* released as soon as it starts (see play) */
+    v->state = RELEASED;
+    v->released_at = ++p->age;
+    double frames = p->params.release * p->rate;
+    v->slope = -v->level / (frames > p->fade ? frames : p->fade);
+}
+
+static void fade_out(Pool *p, Voice *v) {
+    if (v->state == PENDING) { end_voice(p, v); return; }
+    v->state = FADING;
+    v->held = v->sustained = 0;
+    v->slope = -v->level / p->fade;
+}
+
+static void record_latency(Pool *p, int64_t frames) {
+    p->stats.latency[p->stats.n_latency % LATENCY_SLOTS] = frames > 0 ? frames : 0;
+    p->stats.n_latency++;
+}
+
+/* Start v on slot s (the voice's reference moves in from the caller). */
+static void play(Pool *p, Voice *v, int32_t s, int at) {
+    v->slot = s;
+    v->state = PLAYING;
+    record_latency(p, p->stats.frame + at - v->on_frame);
+    emit(p, E_GO, v->pitch, 0, 0);
+    if (!v->held && !v->sustained) release_voice(p, v);   /* let go while it waited: still heard */
+}
+
+static void play_standin(Pool *p, Voice *v, int at) {
+    p->stats.standins++;
+    v->waiting = 1;
+    int32_t s = v->standin;
+    v->standin = -1;
+    play(p, v, s, at);
+}
+
+/* Read n frames of slot s from pos at the bend ratio into out; frames read. */
+static int read_slot(Pool *p, int32_t s, double pos, int n, float *out) {
+    const float *audio = p->slots[s].wave;
+    int64_t length = p->slots[s].length;
+    double ratio = p->ratio;
+    if (ratio == 1.0 && pos == floor(pos)) {
+        int64_t i = (int64_t)pos, k = length - i;
+        if (k > n) k = n;
+        if (k <= 0) return 0;
+        memcpy(out, audio + i, (size_t)k * sizeof(float));
+        return (int)k;
+    }
+    double room = ceil(((double)(length - 1) - pos) / ratio);
+    int k = room < 0 ? 0 : (room < n ? (int)room : n);
+    for (int j = 0; j < k; j++) {
+        double x = pos + j * ratio;
+        int64_t i0 = (int64_t)x, i1 = i0 + 1 < length ? i0 + 1 : length - 1;
+        float a = audio[i0], d = audio[i1] - a;
+        out[j] = a + (float)((double)d * (x - (double)i0));
+    }
+    return k;
+}
+
+static void mix_voice(Pool *p, Voice *v, int start, int end) {
+    int n = end - start;
+    p->stats.mixes++;
+    if (v->hold > 0) {
+        v->hold -= n;
+        if (v->hold <= 0 && v->held) {
+            v->held = 0;
+            if (p->sustain_on) v->sustained = 1; else release_voice(p, v);
+        }
+    }
+    float *src = p->src;
+    double ratio = p->ratio;
+    const Slot *slot = &p->slots[v->slot];
+    int k = read_slot(p, v->slot, v->pos, n, src);
+    double pos = v->pos + k * ratio;
+    if (k < n && slot->loop >= 0) {   /* a sustained note goes back to its loop start */
+        double span = (double)(slot->length - slot->loop);
+        while (k < n) {
+            pos -= span;
+            int got = read_slot(p, v->slot, pos, n - k, src + k);
+            pos += got * ratio;
+            k += got;
+            if (got == 0) break;
+        }
+    }
+    if (v->xfade > 0 && v->old >= 0) {   /* from a stand-in to the fresh render */
+        int kx = k < v->xfade ? k : v->xfade;
+        float *old = p->old;
+        int ko = read_slot(p, v->old, v->pos, kx, old);
+        for (int j = ko; j < kx; j++) old[j] = 0.0f;
+        for (int j = 0; j < kx; j++) {
+            double w = (double)v->xfade / p->xfade_len - (double)(j + 1) / p->xfade_len;
+            src[j] += (float)((double)(old[j] - src[j]) * w);
+        }
+        v->xfade -= kx;
+        if (v->xfade <= 0) { unref(p, v->old); v->old = -1; }
+    }
+    float *out = p->buf + start;
+    if (v->slope != 0.0) {
+        for (int j = 0; j < k; j++) {
+            double env = v->level + (j + 1) * v->slope;
+            env = env < 0.0 ? 0.0 : (env > 1.0 ? 1.0 : env);
+            out[j] += (float)((double)src[j] * (env * v->gain));
+        }
+        double level = v->level + v->slope * k;
+        v->level = level < 0.0 ? 0.0 : (level > 1.0 ? 1.0 : level);
+        if (v->level <= 0.0) { end_voice(p, v); return; }
+    } else {
+        float g = (float)(v->gain * v->level);
+        for (int j = 0; j < k; j++) out[j] += src[j] * g;
+    }
+    v->pos = pos;
+    if (k < n) end_voice(p, v);
+}
+
+/* Mix v from where it stands in this period up to frame end. */
+static void upto(Pool *p, Voice *v, int end) {
+    int start = v->done;
+    if (end <= start) return;
+    v->done = end;
+    if (v->state == FREE || v->state == PENDING) return;   /* pending: silent until it plays */
+    mix_voice(p, v, start, end);
+}
+
+/* --- the render table -------------------------------------------------------------------------- */
+/* The slot to play for a note-on of pitch (a reference for the caller), and whether it is fresh. */
+static int32_t take(Pool *p, int32_t pitch, int *fresh) {
+    p->played[pitch] = ++p->stats.notes;
+    int32_t s = p->current[pitch];
+    *fresh = s >= 0 && __atomic_load_n(&p->fresh[pitch], __ATOMIC_RELAXED);
+    if (*fresh && p->params.per_note) {   /* this draw is used up: the next note gets another */
+        __atomic_store_n(&p->fresh[pitch], 0, __ATOMIC_RELAXED);
+        ask(p, R_TAKEN, pitch);
+    }
+    ref(p, s);
+    return s;
+}
+
+static void arrived(Pool *p, int32_t pitch) {
+    int32_t s = p->current[pitch];
+    for (int i = 0; i < p->n_voices; i++) {
+        Voice *v = &p->voices[i];
+        if (v->pitch != pitch || v->state == FREE) continue;
+        if (v->state == PENDING) {
+            unref(p, v->standin);
+            v->standin = -1;
+            ref(p, s);
+            play(p, v, s, 0);
+        } else if (v->waiting) {
+            unref(p, v->old);
+            v->old = v->slot;
+            v->xfade = p->xfade_len;
+            ref(p, s);
+            v->slot = s;
+        } else {
+            continue;
+        }
+        v->waiting = 0;
+        if (p->params.per_note) {   /* this draw is this note's now */
+            int fresh;
+            unref(p, take(p, pitch, &fresh));
+            return;
+        }
+    }
+}
+
+/* --- actions ------------------------------------------------------------------------------------ */
+static Voice *allocate(Pool *p, int32_t pitch, int at) {
+    Voice *free_voice = NULL;
+    int active = 0;
+    for (int i = 0; i < p->n_voices; i++) {
+        Voice *v = &p->voices[i];
+        if (v->state == FREE) { if (!free_voice) free_voice = v; }
+        else if (v->state != FADING) active++;
+    }
+    if (active >= p->polyphony) {
+        Voice *victim = NULL;
+        int64_t best = 0;
+        for (int pass = 0; pass < 3 && !victim; pass++) {   /* released, then same pitch, then any */
+            for (int i = 0; i < p->n_voices; i++) {
+                Voice *v = &p->voices[i];
+                int sounding = v->state == PENDING || v->state == PLAYING;
+                int ok = pass == 0 ? v->state == RELEASED : (pass == 1 ? sounding && v->pitch == pitch : sounding);
+                if (!ok) continue;
+                int64_t key = v->state == RELEASED ? v->released_at : v->age;
+                if (!victim || key < best) { victim = v; best = key; }
+            }
+        }
+        if (victim) {
+            upto(p, victim, at);
+            fade_out(p, victim);
+            if (!free_voice && victim->state == FREE) free_voice = victim;   /* a pending victim ends at once */
+        }
+    }
+    if (free_voice) return free_voice;
+    Voice *quiet = NULL;   /* every tail slot still fading (a flood of notes): cut the quietest */
+    for (int i = 0; i < p->n_voices; i++) {
+        Voice *v = &p->voices[i];
+        if (v->state == FADING && (!quiet || v->level < quiet->level)) quiet = v;
+    }
+    upto(p, quiet, at);
+    end_voice(p, quiet);
+    return quiet;
+}
+
+static void note_on(Pool *p, int32_t pitch, double gain, int at, int64_t hold) {
+    if (pitch < p->params.low || pitch > p->params.high) { p->stats.out_of_range++; return; }
+    Voice *v = allocate(p, pitch, at);
+    voice_begin(v, pitch, gain, ++p->age, p->stats.frame + at, hold);
+    v->done = at;
+    int fresh;
+    int32_t s = take(p, pitch, &fresh);
+    if (fresh) { p->stats.hits++; play(p, v, s, at); return; }
+    p->stats.misses++;
+    ask(p, R_RENDER, pitch);
+    v->standin = s;
+    /* The budget covers the whole way to the output, so one period of it is spent anyway; a render
+     * can only be picked up at the start of a later period, before the deadline. */
+    double wait_ms = p->params.budget_ms - 1000.0 * p->n / p->rate;
+    int64_t deadline = v->on_frame + (int64_t)(wait_ms * p->rate / 1000.0);
+    if (s < 0 || (p->params.expected_ms <= wait_ms && deadline >= p->stats.frame + p->n)) {
+        v->state = PENDING;
+        v->wait = deadline;
+    } else {
+        play_standin(p, v, at);
+    }
+}
+
+static void note_off(Pool *p, int32_t pitch, int at) {
+    for (int i = 0; i < p->n_voices; i++) {
+        Voice *v = &p->voices[i];
+        if (v->held && v->pitch == pitch && (v->state == PENDING || v->state == PLAYING)) {
+            upto(p, v, at);
+            v->held = 0;
+            if (p->sustain_on) v->sustained = 1; else release_voice(p, v);
+        }
+    }
+}
+
+static void sustain(Pool *p, int on, int at) {
+    p->sustain_on = on != 0;
+    if (on) return;
+    for (int i = 0; i < p->n_voices; i++) {
+        Voice *v = &p->voices[i];
+        if (v->sustained && !v->held && (v->state == PENDING || v->state == PLAYING)) {
+            upto(p, v, at);
+            v->sustained = 0;
+            release_voice(p, v);
+        }
+    }
+}
+
+static void bend(Pool *p, int32_t value, int at) {
+    double ratio = pow(2.0, value / 8192.0 * p->params.bend_range / 12.0);
+    if (ratio == p->ratio) return;
+    for (int i = 0; i < p->n_voices; i++) upto(p, &p->voices[i], at);
+    p->ratio = ratio;
+}
+
+static void panic(Pool *p, int at) {
+    for (int i = 0; i < p->n_voices; i++) {
+        Voice *v = &p->voices[i];
+        if (v->state != FREE) { upto(p, v, at); fade_out(p, v); }
+    }
+    p->sustain_on = 0;
+    p->ratio = 1.0;
+}
+
+static void all_notes_off(Pool *p, int at) {
+    p->sustain_on = 0;
+    for (int i = 0; i < p->n_voices; i++) {
+        Voice *v = &p->voices[i];
+        if (v->state == PENDING || v->state == PLAYING) {
+            upto(p, v, at);
+            v->held = v->sustained = 0;
+            release_voice(p, v);
+        }
+    }
+}
+
+/* One MIDI channel message. Malformed ones are counted and dropped; controls go to Python. */
+static void midi(Pool *p, const uint8_t *data, int size, int at) {
+    if (size < 2 || data[0] < 0x80 || data[0] >= 0xF0) { p->stats.dropped++; return; }
+    int status = data[0], kind = status & 0xF0, need = (kind == 0xC0 || kind == 0xD0) ? 2 : 3;
+    if (size < need || data[1] > 127 || (need == 3 && data[2] > 127)) { p->stats.dropped++; return; }
+    if (p->params.channel && (status & 0x0F) != p->params.channel - 1) return;
+    if (kind == 0x90 && data[2] > 0) {
+        note_on(p, data[1], p->params.velocity[data[2]], at, -1);
+    } else if (kind == 0x80 || kind == 0x90) {
+        note_off(p, data[1], at);
+    } else if (kind == 0xB0) {
+        if (data[1] == 64) sustain(p, data[2] >= 64, at);
+        else if (data[1] == 120) panic(p, at);
+        else if (data[1] == 123) all_notes_off(p, at);
+        else emit(p, E_CONTROL, status, data[1], data[2]);
+    } else if (kind == 0xC0) {
+        emit(p, E_CONTROL, status, data[1], 0);
+    } else if (kind == 0xE0) {
+        bend(p, ((int32_t)data[2] << 7 | data[1]) - 8192, at);
+    }
+}
+
+static void publish(Pool *p, int32_t pitch, int32_t s, const Command *c) {
+    p->slots[s].wave = (const float *)(intptr_t)c->x;
+    p->slots[s].length = c->y;
+    p->slots[s].loop = (int64_t)c->f;
+    p->slots[s].refs = 1;   /* the table's */
+    unref(p, p->current[pitch]);
+    p->current[pitch] = s;
+    arrived(p, pitch);
+}
+
+static void apply(Pool *p, const Command *c, int at) {
+    switch (c->kind) {
+    case C_NOTE_ON: note_on(p, c->a, c->f, at, c->x); break;
+    case C_NOTE_OFF: note_off(p, c->a, at); break;
+    case C_SUSTAIN: sustain(p, c->a, at); break;
+    case C_BEND: bend(p, c->a, at); break;
+    case C_PANIC: panic(p, at); break;
+    case C_ALL_OFF: all_notes_off(p, at); break;
+    case C_SYNC: emit(p, E_SYNCED, c->a, 0, 0); break;
+    case C_PUBLISH: publish(p, c->a, c->b, c); break;
+    case C_CLEAR:
+        for (int i = 0; i < N_PITCHES; i++) { unref(p, p->current[i]); p->current[i] = -1; }
+        break;
+    case C_MIDI: {
+        uint8_t data[3] = {(uint8_t)c->a, (uint8_t)(c->b & 0xFF), (uint8_t)(c->x & 0xFF)};
+        if (c->b > 255 || c->x > 255 || c->b < 0 || c->x < 0) data[1] = 0xFF;   /* not a data byte: dropped */
+        midi(p, data, (int)c->y, at);
+        break;
+    }
+    }
+}
+
+/* --- periods ------------------------------------------------------------------------------------ */
+static void begin(Pool *p, int n) {
+    p->n = n;
+    memset(p->buf, 0, (size_t)n * sizeof(float));
+    for (int i = 0; i < p->n_voices; i++) p->voices[i].done = 0;
+    while (ring_ready(&p->cmd_ring)) {
+        apply(p, &p->commands[p->cmd_ring.tail & (CMD_RING - 1)], 0);
+        ring_consumed(&p->cmd_ring);
+    }
+    int64_t end = p->stats.frame + n;
+    for (int i = 0; i < p->n_voices; i++) {   /* waited as long as the budget allows: the last render */
+        Voice *v = &p->voices[i];
+        if (v->state == PENDING && v->standin >= 0 && v->wait < end) play_standin(p, v, 0);
+    }
+}
+
+static void finish(Pool *p, float *out) {
+    int n = p->n;
+    for (int i = 0; i < p->n_voices; i++)
+        if (p->voices[i].state != FREE) upto(p, &p->voices[i], n);
+    float *buf = p->buf;
+    double target = p->params.gain;
+    if (target != p->gain_now) {   /* a ramp over the period: no zipper noise */
+        double step = (target - p->gain_now) / n;
+        for (int j = 0; j < n; j++) buf[j] = (float)((double)buf[j] * (p->gain_now + (j + 1) * step));
+        p->gain_now = target;
+    } else if (target != 1.0) {
+        float g = (float)target;
+        for (int j = 0; j < n; j++) buf[j] *= g;
+    }
+    for (int j = 0; j < n; j++) out[j] = buf[j] > 1.0f ? 1.0f : (buf[j] < -1.0f ? -1.0f : buf[j]);
+    p->stats.frame += n;
+}
+
+/* --- API (ctypes) ------------------------------------------------------------------------------- */
+void voices_set_rate(Pool *p, int rate);
+
+Pool *voices_new(int rate, int polyphony, int max_period) {
+    Pool *p = calloc(1, sizeof(Pool));
+    if (!p) return NULL;
+    p->polyphony = polyphony;
+    p->n_voices = 2 * polyphony;   /* as many tail slots for stolen voices fading out */
+    p->voices = calloc((size_t)p->n_voices, sizeof(Voice));
+    p->max_period = max_period;
+    p->buf = calloc((size_t)max_period, sizeof(float));
+    p->src = calloc((size_t)max_period, sizeof(float));
+    p->old = calloc((size_t)max_period, sizeof(float));
+    if (!p->voices || !p->buf || !p->src || !p->old) {
+        free(p->voices); free(p->buf); free(p->src); free(p->old); free(p);
+        return NULL;
+    }
+    for (int i = 0; i < p->n_voices; i++) {
+        p->voices[i].slot = p->voices[i].old = p->voices[i].standin = p->voices[i].pitch = -1;
+    }
+    for (int i = 0; i < N_PITCHES; i++) p->current[i] = -1;
+    p->ratio = 1.0;
+    p->params.gain = p->gain_now = 1.0;
+    p->params.release = 0.3;
+    p->params.bend_range = 2.0;
+    p->params.budget_ms = 10.0;
+    p->params.expected_ms = 1e9;
+    p->params.low = 0;
+    p->params.high = N_PITCHES - 1;
+    p->params.wake_fd = -1;
+    for (int i = 0; i < 128; i++) p->params.velocity[i] = i / 127.0f;
+    voices_set_rate(p, rate);
+    return p;
+}
+
+void voices_free(Pool *p) {
+    if (!p) return;
+    free(p->voices); free(p->buf); free(p->src); free(p->old);
+    free(p);
+}
+
+Params *voices_params(Pool *p) { return &p->params; }
+Stats *voices_stats(Pool *p) { return &p->stats; }
+Voice *voices_voices(Pool *p) { return p->voices; }
+uint8_t *voices_fresh(Pool *p) { return p->fresh; }
+int64_t *voices_played(Pool *p) { return p->played; }
+int32_t *voices_current(Pool *p) { return p->current; }
+double voices_ratio(Pool *p) { return p->ratio; }
+int voices_sustain_on(Pool *p) { return p->sustain_on; }
+int voices_sizes(int what) {   /* for the Python side's check of its mirror of these structs */
+    switch (what) {
+    case 0: return (int)sizeof(Params);
+    case 1: return (int)sizeof(Stats);
+    case 2: return (int)sizeof(Voice);
+    case 3: return (int)sizeof(Command);
+    default: return 0;
+    }
+}
+
+/* A new output rate (only while the pool is not being processed). */
+void voices_set_rate(Pool *p, int rate) {
+    p->rate = rate;
+    p->fade = (int)(FADE_S * rate) > 1 ? (int)(FADE_S * rate) : 1;
+    p->xfade_len = (int)(XFADE_S * rate) > 1 ? (int)(XFADE_S * rate) : 1;
+}
+
+/* Queue a command for the next period (one producer at a time: the caller serialises). */
+int voices_command(Pool *p, int32_t kind, int32_t at, int32_t a, int32_t b, int64_t x, int64_t y, double f) {
+    if (!ring_space(&p->cmd_ring, CMD_RING)) return 0;
+    Command *c = &p->commands[p->cmd_ring.head & (CMD_RING - 1)];
+    c->kind = kind; c->at = at; c->a = a; c->b = b; c->x = x; c->y = y; c->f = f;
+    ring_published(&p->cmd_ring);
+    return 1;
+}
+
+/* Commands queued and not yet applied, copied (oldest first) into out; how many. */
+int voices_queued(Pool *p, Command *out, int max) {
+    uint32_t tail = __atomic_load_n(&p->cmd_ring.tail, __ATOMIC_ACQUIRE), head = p->cmd_ring.head;
+    int n = 0;
+    for (uint32_t i = tail; i != head && n < max; i++) out[n++] = p->commands[i & (CMD_RING - 1)];
+    return n;
+}
+
+int voices_events(Pool *p, Event *out, int max) {
+    int n = 0;
+    while (n < max && ring_ready(&p->event_ring)) {
+        out[n++] = p->events[p->event_ring.tail & (EVENT_RING - 1)];
+        ring_consumed(&p->event_ring);
+    }
+    return n;
+}
+
+int voices_requests(Pool *p, Request *out, int max) {
+    int n = 0;
+    while (n < max && ring_ready(&p->request_ring)) {
+        out[n++] = p->requests[p->request_ring.tail & (REQUEST_RING - 1)];
+        ring_consumed(&p->request_ring);
+    }
+    return n;
+}
+
+int voices_has_requests(Pool *p) { return ring_ready(&p->request_ring); }
+
+/* n frames (any number) into out, with events: commands at frame offsets ``at``, ascending (JACK
+ * hands its MIDI as C_MIDI commands; the offline clock and the tests any command). */
+void voices_process(Pool *p, float *out, int n, const Command *events, int n_events) {
+    int done = 0, e = 0;
+    while (done < n) {   /* in pieces of at most max_period frames */
+        int chunk = n - done < p->max_period ? n - done : p->max_period;
+        begin(p, chunk);
+        int pos = 0;
+        for (; e < n_events && (events[e].at < done + chunk || done + chunk == n); e++) {
+            int at = events[e].at - done;
+            pos = at < pos ? pos : (at > chunk ? chunk : at);
+            apply(p, &events[e], pos);
+        }
+        finish(p, out + done);
+        done += chunk;
+    }
+}
+
+/* --- JACK ----------------------------------------------------------------------------------------- */
+static int64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+static int jack_process(uint32_t frames, void *arg) {
+    Pool *p = arg;
+    int64_t t0 = now_ns();
+    float *out_1 = p->port_buffer(p->out_1, frames), *out_2 = p->port_buffer(p->out_2, frames);
+    void *midi_buffer = p->port_buffer(p->midi_in, frames);
+    uint32_t count = p->midi_count(midi_buffer);
+    int n_events = 0;
+    for (uint32_t i = 0; i < count; i++) {
+        JackMidiEvent ev;
+        if (p->midi_get(&ev, midi_buffer, i) != 0) continue;
+        if (n_events == MAX_MIDI || ev.size < 1 || ev.size > 3) { p->stats.dropped++; continue; }
+        Command *m = &p->midi[n_events++];
+        m->kind = C_MIDI;
+        m->at = (int32_t)ev.time;
+        m->a = ev.buffer[0];
+        m->b = ev.size > 1 ? ev.buffer[1] : 0;
+        m->x = ev.size > 2 ? ev.buffer[2] : 0;
+        m->y = (int64_t)ev.size;
+    }
+    voices_process(p, out_1, (int)frames, p->midi, n_events);
+    memcpy(out_2, out_1, frames * sizeof(float));
+    p->stats.took_ns[p->stats.calls % TIMED_PERIODS] = now_ns() - t0;
+    p->stats.calls++;
+    return 0;
+}
+
+/* Make p the process callback of a JACK client (before it is activated); 0 on success. */
+int voices_attach_jack(Pool *p, void *client, void *out_1, void *out_2, void *midi_in) {
+    void *lib = dlopen("libjack.so.0", RTLD_NOW | RTLD_NOLOAD);
+    if (!lib) lib = dlopen("libjack.so.0", RTLD_NOW);
+    if (!lib) return -1;
+    p->port_buffer = (port_buffer_fn)dlsym(lib, "jack_port_get_buffer");
+    p->midi_count = (midi_count_fn)dlsym(lib, "jack_midi_get_event_count");
+    p->midi_get = (midi_get_fn)dlsym(lib, "jack_midi_event_get");
+    set_process_fn set_process = (set_process_fn)dlsym(lib, "jack_set_process_callback");
+    if (!p->port_buffer || !p->midi_count || !p->midi_get || !set_process) return -2;
+    p->out_1 = out_1; p->out_2 = out_2; p->midi_in = midi_in;
+    return set_process(client, jack_process, p);
+}
