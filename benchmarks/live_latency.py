@@ -156,8 +156,8 @@ class Probe:
         count = len(self.sent)
         self.outgoing.extend(events)
         while len(self.sent) < count + len(events):
-            # not a tight poll: every wake-up here wants this process's GIL, which the probe's own
-            # callback gives up at each MIDI event it writes (as the daemon's does; see docs/live.md)
+            # not a tight poll: every wake-up here wants this process's interpreter lock, which the
+            # probe's own (Python) callback gives up at each MIDI event it writes
             time.sleep(0.02)
         return self.sent[count:count + len(events)]
 

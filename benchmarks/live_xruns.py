@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    sys.setswitchinterval(0.0005)  # as in the daemon: the probe's callback waits little for the GIL
+    sys.setswitchinterval(0.0005)  # the probe's Python callback waits little for its interpreter lock
     model, about = pick_model(args.model)
     server = f"waebench-{uuid.uuid4().hex[:8]}"
     jackd = start_jackd(server, args.realtime)

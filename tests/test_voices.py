@@ -311,3 +311,30 @@ def test_bend_and_pedal_take_effect_on_their_frame(engine):
     play(pool, 1, [(200, "sustain", (False,))])
     assert voice.state == RELEASED
     assert voice.level == pytest.approx(1.0 - (PERIOD - 200) / (pool.release * RATE))  # fading from frame 200
+
+
+def test_renders_are_let_go_once_no_voice_or_pitch_uses_them(engine):
+    state, cache, renderer, pool = engine
+    held = len(pool._notes)                        # one render per cached pitch
+    play(pool, 1, [(0, "note_on", (60, 1.0))])
+    voice = next(v for v in pool.voices if v.state == PLAYING)
+    first = pool.audio(voice)
+    for _ in range(3):                             # newer renders of 60 replace each other in the table
+        renderer.render_now([60], priority=False)
+    play(pool, 1)
+    assert len(pool._notes) == held + 1 and pool.audio(voice) is first   # the voice keeps its own
+    play(pool, 1, [(0, "note_off", (60,))])
+    play(pool, int(pool.release * RATE / PERIOD) + 2)
+    assert pool.sounding() == 0 and len(pool._notes) == held
+    assert all(pool.current[p] >= 0 for p in (60, 62, 64, 65, 67))
+
+
+def test_periods_longer_than_the_buffers_are_mixed_in_pieces(engine):
+    _, cache, _, _ = engine
+    events = [(10, "note_on", (60, 1.0)), (300, "note_on", (64, 0.5)), (700, "note_off", (60,))]
+    whole = np.zeros(1024, np.float32)
+    VoicePool(RATE, cache, polyphony=3).run(whole, events)
+    pieces = np.zeros(1024, np.float32)
+    VoicePool(RATE, cache, polyphony=3, max_period=100).run(pieces, events)
+    assert whole[10:].any() and not whole[:10].any()
+    np.testing.assert_array_equal(pieces, whole)

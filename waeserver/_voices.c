@@ -25,9 +25,12 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <math.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -39,6 +42,7 @@
 #define LATENCY_SLOTS 256
 #define TIMED_PERIODS 4096
 #define MAX_MIDI 1024      /* MIDI events of one period handed to the pool; more are dropped */
+#define JACK_THREAD_NICE -10  /* JACK's process thread when JACK is not realtime, where allowed */
 #define FADE_S 0.005       /* steal and panic fade */
 #define XFADE_S 0.010      /* stand-in to fresh render crossfade */
 
@@ -81,6 +85,7 @@ typedef uint32_t (*midi_count_fn)(void *);
 typedef struct { uint32_t time; size_t size; uint8_t *buffer; } JackMidiEvent;
 typedef int (*midi_get_fn)(JackMidiEvent *, void *, uint32_t);
 typedef int (*set_process_fn)(void *, int (*)(uint32_t, void *), void *);
+typedef int (*set_thread_init_fn)(void *, void (*)(void *), void *);
 
 typedef struct {
     Params params;
@@ -103,6 +108,7 @@ typedef struct {
     port_buffer_fn port_buffer;
     midi_count_fn midi_count;
     midi_get_fn midi_get;
+    int32_t thread_mode;     /* JACK's process thread: 0 not started, 1 realtime, 2 at JACK_THREAD_NICE, 3 neither */
     Command midi[MAX_MIDI];
 } Pool;
 
@@ -680,6 +686,18 @@ static int jack_process(uint32_t frames, void *arg) {
     return 0;
 }
 
+/* Once, on JACK's process thread before its first period. With JACK realtime the thread is
+ * SCHED_FIFO already; otherwise it is an ordinary thread, and a busy machine's other programs and
+ * the daemon's own Python threads would take turns with it: give it a high priority if allowed. */
+static void jack_thread_init(void *arg) {
+    Pool *p = arg;
+    int policy = sched_getscheduler(0);
+    if (policy == SCHED_FIFO || policy == SCHED_RR) p->thread_mode = 1;
+    else p->thread_mode = setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), JACK_THREAD_NICE) == 0 ? 2 : 3;
+}
+
+int voices_thread_mode(Pool *p) { return p->thread_mode; }
+
 /* Make p the process callback of a JACK client (before it is activated); 0 on success. */
 int voices_attach_jack(Pool *p, void *client, void *out_1, void *out_2, void *midi_in) {
     void *lib = dlopen("libjack.so.0", RTLD_NOW | RTLD_NOLOAD);
@@ -689,7 +707,10 @@ int voices_attach_jack(Pool *p, void *client, void *out_1, void *out_2, void *mi
     p->midi_count = (midi_count_fn)dlsym(lib, "jack_midi_get_event_count");
     p->midi_get = (midi_get_fn)dlsym(lib, "jack_midi_event_get");
     set_process_fn set_process = (set_process_fn)dlsym(lib, "jack_set_process_callback");
-    if (!p->port_buffer || !p->midi_count || !p->midi_get || !set_process) return -2;
+    set_thread_init_fn set_thread_init = (set_thread_init_fn)dlsym(lib, "jack_set_thread_init_callback");
+    if (!p->port_buffer || !p->midi_count || !p->midi_get || !set_process || !set_thread_init) return -2;
     p->out_1 = out_1; p->out_2 = out_2; p->midi_in = midi_in;
+    p->thread_mode = 0;
+    if (set_thread_init(client, jack_thread_init, p) != 0) return -3;
     return set_process(client, jack_process, p);
 }

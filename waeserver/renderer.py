@@ -43,7 +43,7 @@ FADE_OUT_S = 0.010
 SILENCE = 1e-4       # trailing samples below this are cut, so voices end when the note has
 PRIORITY_MAX = 16    # pitches in one priority batch
 RENDER_VELOCITY = 0.8  # the model's velocity input; the velocity curve then scales each voice
-WORKER_NICE = 19  # the GIL holder in the daemon must never wait behind the model for a core
+WORKER_NICE = 19  # where SCHED_IDLE is not available: JACK's and the daemon's threads go first
 REFILL_DUTY = 0.5    # share of one core refills may take, so a morph leaves room for the audio
 LOOP_S = (0.35, 0.75)  # inside the held part of every preset's notes (0.8 s and longer)
 LOOP_XFADE_S = 0.08    # the loop's end is crossfaded into the frames before its start
@@ -121,10 +121,13 @@ def _worker_main(conn, path: str, device: str, rate: int, velocity: float) -> No
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the daemon's to handle
-    try:
-        os.setpriority(os.PRIO_PROCESS, 0, WORKER_NICE)   # the CPU goes to JACK and the daemon first
-    except OSError:
-        pass
+    try:   # a core only when nothing else wants it: JACK's threads and the daemon's preempt it at once
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (OSError, AttributeError):
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, WORKER_NICE)
+        except OSError:
+            pass
     from waeserver.bundle import load_bundle
 
     try:
@@ -155,15 +158,13 @@ def _worker_main(conn, path: str, device: str, rate: int, velocity: float) -> No
 
 
 class RenderWorker:
-    """The model in a process of its own, so that its Python work never holds the daemon's GIL
-    while the audio callback waits for it.
+    """The model in a process of its own, so that its Python work never holds the daemon's
+    interpreter lock while OSC replies and notifications wait for it.
 
     Notes come back through a shared *note bank* (``BANK_ROWS`` rows of samples, a memory-mapped
     file unlinked as soon as both processes have it), and only ``(loop, length)`` pairs through
-    the pipe: the daemon then copies each note out in one call. Sending the samples through the
-    pipe instead made the daemon's renderer thread take the interpreter lock back after every
-    socket read (a few per note), and each time the audio callback held it, the callback was made
-    to give it up."""
+    the pipe: the daemon then copies each note out in one call (sending the samples through the
+    pipe made the renderer thread take the interpreter lock back after every socket read)."""
 
     BANK_ROWS = 16
 

@@ -39,7 +39,6 @@ from waeserver.voices import VoicePool
 log = logging.getLogger(__name__)
 
 CONTROL_TICK = 0.010   # notifications and mapped CCs within 10 ms
-DAEMON_NICE = -10   # where allowed (root, or the audio group's limits.conf): see Daemon.start
 
 
 class Instrument:
@@ -230,15 +229,6 @@ class Daemon:
         bundle = load_bundle(cfg.model, cfg.device)
         if bundle.device.type == "cpu":
             torch.set_num_threads(1)  # leave the other core to the audio thread
-        # When JACK is not realtime its process thread in this process is an ordinary thread: at
-        # nice 0 a busy machine's other programs deschedule it for milliseconds. Set before any
-        # thread starts, so that JACK's inherits it; the render process goes back to nice 19.
-        try:
-            os.setpriority(os.PRIO_PROCESS, 0, DAEMON_NICE)
-            log.info("running at nice %d", DAEMON_NICE)
-        except OSError:
-            log.info("cannot raise the daemon's priority to nice %d (needs root or the audio group's "
-                     "limits): running at nice %d", DAEMON_NICE, os.getpriority(os.PRIO_PROCESS, 0))
         rate, period, self.jackd = ensure_jack(cfg.jack_server)
         log.info("model %s (%d styles: %s; latent %d; %d Hz) on %s", bundle.name, len(bundle.styles),
                  ", ".join(bundle.styles), bundle.latent_size, bundle.sample_rate, bundle.device)
@@ -262,8 +252,9 @@ class Daemon:
         period_ms = a.period * 1000.0 / a.rate
         waits = inst.cache.expected_ms <= cfg.latency_budget_ms - period_ms
         policy = "waits for it" if waits else "plays the last render meanwhile"
-        log.info("JACK: client %s, %d Hz, %d-frame periods (%.2f ms), playback latency %d frames",
-                 a.client.name, a.rate, a.period, period_ms, a.playback_latency())
+        log.info("JACK: client %s, %d Hz, %d-frame periods (%.2f ms), playback latency %d frames; "
+                 "process thread %s", a.client.name, a.rate, a.period, period_ms, a.playback_latency(),
+                 inst.pool.jack_thread())
         log.info("note latency: %.2f ms for a rendered-ahead note (one period, sample-accurate MIDI); "
                  "a note needing a new render takes %.1f ms to render (budget %.1f ms: it %s)",
                  period_ms, inst.cache.expected_ms, cfg.latency_budget_ms, policy)

@@ -106,7 +106,7 @@ def _load() -> ctypes.CDLL:
         ("voices_queued", ctypes.c_int, [p, p, ctypes.c_int]), ("voices_events", ctypes.c_int, [p, p, ctypes.c_int]),
         ("voices_requests", ctypes.c_int, [p, p, ctypes.c_int]), ("voices_has_requests", ctypes.c_int, [p]),
         ("voices_process", None, [p, p, ctypes.c_int, p, ctypes.c_int]),
-        ("voices_attach_jack", ctypes.c_int, [p, p, p, p, p]),
+        ("voices_attach_jack", ctypes.c_int, [p, p, p, p, p]), ("voices_thread_mode", ctypes.c_int, [p]),
     ]:
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = res, args
@@ -236,6 +236,11 @@ class VoicePool:
             return 0.0, 0.0
         p50, p99 = np.percentile(np.ctypeslib.as_array(self.stats.latency)[:n], [50, 99]) * 1000.0 / self.rate
         return float(p50), float(p99)
+
+    def jack_thread(self) -> str:
+        """How JACK's process thread runs: ``realtime``, ``nice -10`` (JACK not realtime, raised),
+        ``ordinary`` (JACK not realtime, raising not allowed), or ``not started``."""
+        return ("not started", "realtime", "nice -10", "ordinary")[_lib.voices_thread_mode(self._p)]
 
     def callback_ms(self) -> float:
         """The longest JACK process callback over recent periods (ms)."""
