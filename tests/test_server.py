@@ -164,6 +164,14 @@ def live(models, tmp_path_factory):
         stop(jackd)
 
 
+def pool_state(daemon) -> str:
+    """The voice pool's counters and sounding voices, for a failure's message."""
+    pool = daemon.inst.pool
+    counters = {name: getattr(pool.stats, name) for name, _ in pool.stats._fields_[:11]}
+    voices = [(v.state, v.pitch, v.slot, round(v.pos), round(v.level, 3)) for v in pool.voices if v.state]
+    return f"pool {counters}, JACK thread {pool.jack_thread()}, voices {voices}"
+
+
 def quiet(live) -> None:
     """Silence every voice and wait until none sounds."""
     daemon, _, _ = live
@@ -182,7 +190,8 @@ def test_osc_note_sounds_on_both_outputs_then_silence(live):
     loud = np.flatnonzero(np.abs(audio[0]) > 1e-4)
     assert len(loud) > 0.1 * RATE
     differ = np.flatnonzero(audio[0] != audio[1])
-    assert np.array_equal(audio[0], audio[1]), f"{len(differ)} frames differ, from {differ[:1]}: {audio[:, differ[:4]]}"
+    assert np.array_equal(audio[0], audio[1]), \
+        f"{len(differ)} frames differ, from {differ[:1]}: {audio[:, differ[:4]]}; {pool_state(daemon)}"
     assert not audio[:, loud[-1] + int(0.05 * RATE):].any()   # nothing after the release
     assert len(audio[0]) - loud[-1] > 0.1 * RATE
 
@@ -196,6 +205,7 @@ def test_jack_midi_note_is_sample_accurate(live):
     probe.midi(0x80, 64, 0)
     time.sleep(0.3)
     audio = probe.since(sent - 2 * PERIOD)[0]
+    assert audio.any(), f"no sound: probe at frame {probe.n}, note sent at {sent}; {pool_state(daemon)}"
     first = np.flatnonzero(audio)[0] - 2 * PERIOD
     assert first in (0, PERIOD)                   # on the very frame, this period or the next
     assert np.abs(audio[2 * PERIOD + first:]).max() > 1e-4

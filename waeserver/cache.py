@@ -86,6 +86,10 @@ class RenderCache:
     def attach(self, pool) -> None:
         """Give ``pool`` every render held and play from now on what this cache publishes (a model
         swap attaches the new cache, filled, to the pool the old one fed)."""
+        old = pool.cache
+        if old is not None and old is not self:   # the pool's memory is ours from now on
+            with old.lock:
+                old.fresh, old.played, old.pool = old.fresh.copy(), old.played.copy(), None
         with self.lock:
             for p in self.pitches():
                 if self.notes[p] is not None:
