@@ -1,10 +1,12 @@
 """Note-on to first non-zero output sample of ``waeserver serve``, measured from outside through JACK.
 
 A dummy JACK server (48 kHz, 256-frame periods by default), the daemon as its own process, and a
-probe JACK client that writes MIDI note-ons into waeserver:midi_in at random frame offsets and
-records waeserver:out_1. The latency of a note is the number of frames from its MIDI event to the
-first non-zero sample the probe records, so it includes the one period JACK's graph takes from
-the daemon's output to the next client (what a sound card adds too).
+probe: one JACK client that writes MIDI note-ons into waeserver:midi_in at random frame offsets,
+another that records waeserver:out_1 (two clients, so JACK runs sender, daemon and recorder in a
+chain every period). The latency of a note is the number of frames from its MIDI event to the
+first non-zero sample recorded: 0 for a note played on its very frame in the same period. What a
+sound card adds after that is JACK's playback latency, reported beside (``output_latency_ms``: the
+dummy driver reports two periods).
 
 Two kinds of notes: *cached* (the control state has not changed, the render is fresh) and
 *changed* (an OSC fader move arrives in the same period as the note, so the note's render is
@@ -34,6 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from waeserver.audio import port_latency  # noqa: E402
 from waeserver.osc import encode  # noqa: E402
 
 RATE, PERIOD = 48000, 256
@@ -113,39 +116,54 @@ class Osc:
 
 
 class Probe:
-    """MIDI out to the daemon, its out_1 recorded, xruns counted."""
+    """A MIDI sender into the daemon and a recorder of its out_1 (two JACK clients, so that JACK
+    runs them before and after the daemon: one client doing both closes a loop, and JACK may then
+    run it alongside the daemon); xruns counted."""
 
     def __init__(self, server: str, seconds: int, daemon: str = "waeserver"):
-        self.client = jack.Client(f"probe-{uuid.uuid4().hex[:6]}", no_start_server=True, servername=server)
+        tag = uuid.uuid4().hex[:6]
+        self.sender = jack.Client(f"probe-midi-{tag}", no_start_server=True, servername=server)
+        self.client = jack.Client(f"probe-{tag}", no_start_server=True, servername=server)
         self.inp = self.client.inports.register("in")
-        self.midi_out = self.client.midi_outports.register("midi_out")
+        self.midi_out = self.sender.midi_outports.register("midi_out")
         self.rec = np.zeros(seconds * self.client.samplerate, np.float32)
         self.n = 0
         self.xruns = 0
         self.slowest = 0.0        # the probe's own slowest callback, seconds
         self.outgoing: deque = deque()
         self.sent: list[int] = []
-        self.client.set_process_callback(self._process)
+        self.sender.set_process_callback(self._send)
+        self.client.set_process_callback(self._record)
         self.client.set_xrun_callback(self._xrun)
+        self.sender.activate()
         self.client.activate()
         if daemon:
             self.client.connect(f"{daemon}:out_1", self.inp)
-            self.client.connect(self.midi_out, f"{daemon}:midi_in")
+            self.sender.connect(self.midi_out, f"{daemon}:midi_in")
 
     def _xrun(self, delay):
         self.xruns += 1
 
-    def _process(self, frames):
+    def _send(self, frames):
         t0 = time.perf_counter()
         self.midi_out.clear_buffer()
         while self.outgoing:
             offset, data = self.outgoing.popleft()
             self.midi_out.write_midi_event(offset, data)
-            self.sent.append(self.n + offset)
+            self.sent.append(self.n + offset)     # recorded later in this same period
+        self.slowest = max(self.slowest, time.perf_counter() - t0)
+
+    def _record(self, frames):
+        t0 = time.perf_counter()
         if self.n + frames <= len(self.rec):
             self.rec[self.n:self.n + frames] = self.inp.get_array()
             self.n += frames
         self.slowest = max(self.slowest, time.perf_counter() - t0)
+
+    def output_latency(self) -> int:
+        """Frames JACK reports from a client's output to the sound card (the playback ports)."""
+        ports = self.client.get_ports(is_physical=True, is_input=True, is_audio=True)
+        return max((port_latency(p) for p in ports), default=0)
 
     def midi(self, data: bytes, offset: int = 0) -> int:
         """Send ``data`` at ``offset`` in the next period; returns its frame in the recording."""
@@ -162,8 +180,9 @@ class Probe:
         return self.sent[count:count + len(events)]
 
     def close(self) -> None:
-        self.client.deactivate()
-        self.client.close()
+        for client in (self.sender, self.client):
+            client.deactivate()
+            client.close()
 
 
 def first_sound(rec: np.ndarray, frame: int, until: int) -> int | None:
@@ -197,6 +216,7 @@ def measure(model: str, budget_ms: float, notes: int, seed: int, realtime: bool)
                 heard = first_sound(probe.rec, sent, probe.n)
                 if heard is not None:
                     results[kind].append(heard * 1000.0 / RATE)
+        output_ms = probe.output_latency() * 1000.0 / RATE
         osc.send("/wae/status")
         status = osc.wait("/wae/status.reply", 5.0)
     finally:
@@ -206,7 +226,7 @@ def measure(model: str, budget_ms: float, notes: int, seed: int, realtime: bool)
         daemon.wait(10)
         jackd.terminate()
         jackd.wait(10)
-    out = {"budget_ms": budget_ms}
+    out = {"budget_ms": budget_ms, "output_latency_ms": round(output_ms, 3)}
     for kind, ms in results.items():
         ms = np.array(ms)
         out[kind] = {"n": len(ms), "p50_ms": round(float(np.percentile(ms, 50)), 3),

@@ -65,28 +65,38 @@ def wait_for(predicate, timeout: float = 20.0) -> None:
 
 
 class Probe:
-    """A JACK client with a MIDI output into the daemon and two inputs from its outputs, recorded."""
+    """Two JACK clients: one sends MIDI into the daemon, the other records its two outputs.
+
+    Two, so that JACK runs them in a chain (sender, daemon, recorder) every period: one client
+    both feeding and hearing the daemon closes a loop, and JACK may then run it alongside the
+    daemon, reading the outputs while they are written."""
 
     def __init__(self, server: str, daemon_name: str = "waeserver", seconds: int = 120):
-        self.client = jack.Client(f"probe-{uuid.uuid4().hex[:6]}", no_start_server=True, servername=server)
+        tag = uuid.uuid4().hex[:6]
+        self.sender = jack.Client(f"probe-midi-{tag}", no_start_server=True, servername=server)
+        self.client = jack.Client(f"probe-{tag}", no_start_server=True, servername=server)
         self.ins = [self.client.inports.register(f"in_{i}") for i in (1, 2)]
-        self.midi_out = self.client.midi_outports.register("midi_out")
+        self.midi_out = self.sender.midi_outports.register("midi_out")
         self.rec = np.zeros((2, seconds * RATE), np.float32)
         self.n = 0
         self.outgoing: deque[tuple[int, bytes]] = deque()
         self.sent: list[int] = []          # recording frame of every MIDI event sent
-        self.client.set_process_callback(self._process)
+        self.sender.set_process_callback(self._send)
+        self.client.set_process_callback(self._record)
+        self.sender.activate()
         self.client.activate()
         for port, name in zip(self.ins, ("out_1", "out_2")):
             self.client.connect(f"{daemon_name}:{name}", port)
-        self.client.connect(self.midi_out, f"{daemon_name}:midi_in")
+        self.sender.connect(self.midi_out, f"{daemon_name}:midi_in")
 
-    def _process(self, frames):
+    def _send(self, frames):
         self.midi_out.clear_buffer()
         while self.outgoing:
             offset, data = self.outgoing.popleft()
             self.midi_out.write_midi_event(offset, data)
-            self.sent.append(self.n + offset)
+            self.sent.append(self.n + offset)   # recorded later in this same period
+
+    def _record(self, frames):
         if self.n + frames <= self.rec.shape[1]:
             for i, port in enumerate(self.ins):
                 self.rec[i, self.n:self.n + frames] = port.get_array()
@@ -100,8 +110,9 @@ class Probe:
         return self.rec[:, mark:self.n]
 
     def close(self):
-        self.client.deactivate()
-        self.client.close()
+        for client in (self.sender, self.client):
+            client.deactivate()
+            client.close()
 
 
 class Osc:
@@ -207,7 +218,7 @@ def test_jack_midi_note_is_sample_accurate(live):
     audio = probe.since(sent - 2 * PERIOD)[0]
     assert audio.any(), f"no sound: probe at frame {probe.n}, note sent at {sent}; {pool_state(daemon)}"
     first = np.flatnonzero(audio)[0] - 2 * PERIOD
-    assert first in (0, PERIOD)                   # on the very frame, this period or the next
+    assert first == 0                             # on the very frame (JACK's graph: sender, daemon, recorder)
     assert np.abs(audio[2 * PERIOD + first:]).max() > 1e-4
     assert not audio[-int(0.1 * RATE):].any()
 

@@ -9,11 +9,27 @@ server that went away on JACK's notification thread.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 
 import jack
 
 log = logging.getLogger(__name__)
+
+
+class _LatencyRange(ctypes.Structure):
+    _fields_ = [("min", ctypes.c_uint32), ("max", ctypes.c_uint32)]
+
+
+def port_latency(port, playback: bool = True) -> int:
+    """The most frames JACK reports between ``port`` (a JACK-Client port) and the sound card, on the
+    way out (``playback``) or in; JACK-Client itself does not expose it."""
+    lib = ctypes.CDLL("libjack.so.0")
+    fn = lib.jack_port_get_latency_range
+    fn.restype, fn.argtypes = None, [ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(_LatencyRange)]
+    found = _LatencyRange()
+    fn(int(jack._ffi.cast("uintptr_t", port._ptr)), 1 if playback else 0, ctypes.byref(found))
+    return int(found.max)
 
 
 class JackAudio:
@@ -84,10 +100,7 @@ class JackAudio:
 
     def playback_latency(self) -> int:
         """Frames from our output port to the sound card, as JACK reports them."""
-        try:
-            return int(self.out_1.get_latency_range(jack.PLAYBACK)[1])
-        except (jack.JackError, AttributeError):
-            return 0
+        return port_latency(self.out_1) if self.client is not None and not self.gone else 0
 
     # --- callbacks (JACK's notification thread) --------------------------------------------------
     def _xrun(self, delay_usecs: float) -> None:
