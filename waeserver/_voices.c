@@ -1,12 +1,13 @@
 /* The voice pool in C: the whole real-time path of waeserver, with no interpreter in it.
  *
- * JACK calls voices_jack_process on its process thread; it reads the period's MIDI, mixes the
- * sounding voices from renders already published, and writes both outputs. Python never runs on
- * that thread, so no Python thread (renderer, OSC, control, garbage collector) can delay it by
- * holding the interpreter lock. The offline renderer and the tests call voices_process with the
- * same MIDI events instead.
+ * JACK calls jack_process on its process thread; it reads the period's MIDI, mixes the sounding
+ * voices from renders already published, and writes both outputs. Python never runs on that
+ * thread, so no Python thread (renderer, OSC, control, garbage collector) can delay it by holding
+ * the interpreter lock. The offline renderer and the tests call voices_process with the same
+ * events instead.
  *
- * Everything else talks to the pool through three single-producer single-consumer rings:
+ * Everything else talks to the pool through three single-producer single-consumer rings (Python
+ * serialises its own threads on each side with a lock of its own, which this side never sees):
  *   commands (Python -> audio): note and pedal actions, raw MIDI from other inputs, published
  *     renders, applied at the start of the next period;
  *   events (audio -> Python): note started / ended, sync tokens, renders no longer used, MIDI
@@ -615,22 +616,22 @@ int voices_queued(Pool *p, Command *out, int max) {
     return n;
 }
 
-int voices_events(Pool *p, Event *out, int max) {
+/* Up to max items of ring r (size entries of item bytes at items) into out; how many. */
+static int drain(Ring *r, uint32_t size, const void *items, size_t item, void *out, int max) {
     int n = 0;
-    while (n < max && ring_ready(&p->event_ring)) {
-        out[n++] = p->events[p->event_ring.tail & (EVENT_RING - 1)];
-        ring_consumed(&p->event_ring);
+    for (; n < max && ring_ready(r); n++) {
+        memcpy((char *)out + (size_t)n * item, (const char *)items + (r->tail & (size - 1)) * item, item);
+        ring_consumed(r);
     }
     return n;
 }
 
+int voices_events(Pool *p, Event *out, int max) {
+    return drain(&p->event_ring, EVENT_RING, p->events, sizeof(Event), out, max);
+}
+
 int voices_requests(Pool *p, Request *out, int max) {
-    int n = 0;
-    while (n < max && ring_ready(&p->request_ring)) {
-        out[n++] = p->requests[p->request_ring.tail & (REQUEST_RING - 1)];
-        ring_consumed(&p->request_ring);
-    }
-    return n;
+    return drain(&p->request_ring, REQUEST_RING, p->requests, sizeof(Request), out, max);
 }
 
 int voices_has_requests(Pool *p) { return ring_ready(&p->request_ring); }

@@ -251,7 +251,8 @@ class VoicePool:
         """``(action, first argument)`` of the voice actions queued for the next period (renders
         published and sync tokens left out)."""
         buf = (Command * 8192)()
-        n = _lib.voices_queued(self._p, buf, len(buf))
+        with self._lock:   # the producers' side of the ring
+            n = _lib.voices_queued(self._p, buf, len(buf))
         names = {v: k for k, v in ACTIONS.items()}
         return [(names[c.kind], c.a) for c in buf[:n] if c.kind in names]
 
