@@ -26,6 +26,7 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <math.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -109,7 +110,9 @@ typedef struct {
     port_buffer_fn port_buffer;
     midi_count_fn midi_count;
     midi_get_fn midi_get;
-    int32_t thread_mode;     /* JACK's process thread: 0 not started, 1 realtime, 2 at JACK_THREAD_NICE, 3 neither */
+    int32_t thread_nice;     /* JACK's threads: 0 not started, 2 at JACK_THREAD_NICE, 3 not raised */
+    int32_t thread_known;    /* the process thread has called us: thread is it */
+    pthread_t thread;
     Command midi[MAX_MIDI];
 } Pool;
 
@@ -664,6 +667,10 @@ static int64_t now_ns(void) {
 static int jack_process(uint32_t frames, void *arg) {
     Pool *p = arg;
     int64_t t0 = now_ns();
+    if (!p->thread_known) {   /* for voices_thread_mode; reads thread-local storage, no system call */
+        p->thread = pthread_self();
+        __atomic_store_n(&p->thread_known, 1, __ATOMIC_RELEASE);
+    }
     float *out_1 = p->port_buffer(p->out_1, frames), *out_2 = p->port_buffer(p->out_2, frames);
     void *midi_buffer = p->port_buffer(p->midi_in, frames);
     uint32_t count = p->midi_count(midi_buffer);
@@ -687,17 +694,24 @@ static int jack_process(uint32_t frames, void *arg) {
     return 0;
 }
 
-/* Once, on JACK's process thread before its first period. With JACK realtime the thread is
- * SCHED_FIFO already; otherwise it is an ordinary thread, and a busy machine's other programs and
- * the daemon's own Python threads would take turns with it: give it a high priority if allowed. */
+/* Once on each thread JACK starts for this client, the process thread among them, before its first
+ * period (and before JACK makes it realtime, when JACK is). Not realtime, it is an ordinary thread,
+ * and a busy machine's other programs and the daemon's own Python threads would take turns with
+ * it: a high priority, where allowed. */
 static void jack_thread_init(void *arg) {
     Pool *p = arg;
-    int policy = sched_getscheduler(0);
-    if (policy == SCHED_FIFO || policy == SCHED_RR) p->thread_mode = 1;
-    else p->thread_mode = setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), JACK_THREAD_NICE) == 0 ? 2 : 3;
+    p->thread_nice = setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), JACK_THREAD_NICE) == 0 ? 2 : 3;
 }
 
-int voices_thread_mode(Pool *p) { return p->thread_mode; }
+/* How JACK's process thread runs: 0 not started, 1 realtime, 2 at JACK_THREAD_NICE, 3 ordinary. */
+int voices_thread_mode(Pool *p) {
+    int policy;
+    struct sched_param param;
+    if (!__atomic_load_n(&p->thread_known, __ATOMIC_ACQUIRE)) return 0;
+    if (pthread_getschedparam(p->thread, &policy, &param) == 0 && (policy == SCHED_FIFO || policy == SCHED_RR))
+        return 1;
+    return p->thread_nice;
+}
 
 /* Make p the process callback of a JACK client (before it is activated); 0 on success. */
 int voices_attach_jack(Pool *p, void *client, void *out_1, void *out_2, void *midi_in) {
@@ -711,7 +725,7 @@ int voices_attach_jack(Pool *p, void *client, void *out_1, void *out_2, void *mi
     set_thread_init_fn set_thread_init = (set_thread_init_fn)dlsym(lib, "jack_set_thread_init_callback");
     if (!p->port_buffer || !p->midi_count || !p->midi_get || !set_process || !set_thread_init) return -2;
     p->out_1 = out_1; p->out_2 = out_2; p->midi_in = midi_in;
-    p->thread_mode = 0;
+    p->thread_nice = p->thread_known = 0;
     if (set_thread_init(client, jack_thread_init, p) != 0) return -3;
     return set_process(client, jack_process, p);
 }
