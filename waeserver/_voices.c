@@ -494,8 +494,7 @@ static void apply(Pool *p, const Command *c, int at) {
         for (int i = 0; i < N_PITCHES; i++) { unref(p, p->current[i]); p->current[i] = -1; }
         break;
     case C_MIDI: {
-        uint8_t data[3] = {(uint8_t)c->a, (uint8_t)(c->b & 0xFF), (uint8_t)(c->x & 0xFF)};
-        if (c->b > 255 || c->x > 255 || c->b < 0 || c->x < 0) data[1] = 0xFF;   /* not a data byte: dropped */
+        uint8_t data[3] = {(uint8_t)c->a, (uint8_t)c->b, (uint8_t)c->x};   /* bytes, from JACK or Python */
         midi(p, data, (int)c->y, at);
         break;
     }
@@ -537,7 +536,12 @@ static void finish(Pool *p, float *out) {
 }
 
 /* --- API (ctypes) ------------------------------------------------------------------------------- */
-void voices_set_rate(Pool *p, int rate);
+/* A new output rate (only while the pool is not being processed). */
+void voices_set_rate(Pool *p, int rate) {
+    p->rate = rate;
+    p->fade = (int)(FADE_S * rate) > 1 ? (int)(FADE_S * rate) : 1;
+    p->xfade_len = (int)(XFADE_S * rate) > 1 ? (int)(XFADE_S * rate) : 1;
+}
 
 Pool *voices_new(int rate, int polyphony, int max_period) {
     Pool *p = calloc(1, sizeof(Pool));
@@ -591,15 +595,10 @@ int voices_sizes(int what) {   /* for the Python side's check of its mirror of t
     case 1: return (int)sizeof(Stats);
     case 2: return (int)sizeof(Voice);
     case 3: return (int)sizeof(Command);
+    case 4: return N_PITCHES;
+    case 5: return MAX_SLOTS;
     default: return 0;
     }
-}
-
-/* A new output rate (only while the pool is not being processed). */
-void voices_set_rate(Pool *p, int rate) {
-    p->rate = rate;
-    p->fade = (int)(FADE_S * rate) > 1 ? (int)(FADE_S * rate) : 1;
-    p->xfade_len = (int)(XFADE_S * rate) > 1 ? (int)(XFADE_S * rate) : 1;
 }
 
 /* Queue a command for the next period (one producer at a time: the caller serialises). */

@@ -1,6 +1,6 @@
 """The JACK client: audio outputs ``out_1``/``out_2``, MIDI input ``midi_in``, and the process callback.
 
-The process callback is the C voice pool's (``voices_jack_process`` in ``_voices.c``): it reads the
+The process callback is the C voice pool's (``jack_process`` in ``_voices.c``): it reads the
 period's MIDI from ``midi_in`` at its frame offsets, mixes the voices from renders already
 published, and writes the same mono mix to both outputs. No Python runs on JACK's process thread,
 so no Python thread can hold it up. Python only opens the client, and hears about xruns and a
@@ -10,6 +10,7 @@ server that went away on JACK's notification thread.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 
 import jack
@@ -21,14 +22,18 @@ class _LatencyRange(ctypes.Structure):
     _fields_ = [("min", ctypes.c_uint32), ("max", ctypes.c_uint32)]
 
 
+@functools.cache
+def _latency_range():
+    fn = ctypes.CDLL("libjack.so.0").jack_port_get_latency_range
+    fn.restype, fn.argtypes = None, [ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(_LatencyRange)]
+    return fn
+
+
 def port_latency(port, playback: bool = True) -> int:
     """The most frames JACK reports between ``port`` (a JACK-Client port) and the sound card, on the
     way out (``playback``) or in; JACK-Client itself does not expose it."""
-    lib = ctypes.CDLL("libjack.so.0")
-    fn = lib.jack_port_get_latency_range
-    fn.restype, fn.argtypes = None, [ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(_LatencyRange)]
     found = _LatencyRange()
-    fn(int(jack._ffi.cast("uintptr_t", port._ptr)), 1 if playback else 0, ctypes.byref(found))
+    _latency_range()(int(jack._ffi.cast("uintptr_t", port._ptr)), 1 if playback else 0, ctypes.byref(found))
     return int(found.max)
 
 
@@ -93,10 +98,6 @@ class JackAudio:
             return float(self.client.cpu_load()) if self.client is not None and not self.gone else 0.0
         except jack.JackError:
             return 0.0
-
-    def callback_ms(self) -> float:
-        """The longest the process callback took over recent periods (ms); compare it with the period."""
-        return self.pool.callback_ms()
 
     def playback_latency(self) -> int:
         """Frames from our output port to the sound card, as JACK reports them."""

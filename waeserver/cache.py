@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import select
 import threading
-from collections import deque
 from typing import NamedTuple
 
 import numpy as np
@@ -40,9 +39,9 @@ class Note(NamedTuple):
 class RenderCache:
     """Per-pitch renders ``notes[p]`` (a :class:`Note` at the output rate, or None) and their freshness.
 
-    ``played[p]`` is a note counter used to refill the most recently played pitches first;
-    ``requests`` holds pitches the audio thread wants rendered now. :meth:`attach` hands the cache
-    to a :class:`~waeserver.voices.VoicePool`.
+    ``played[p]`` is a note counter used to refill the most recently played pitches first.
+    :meth:`attach` hands the cache to a :class:`~waeserver.voices.VoicePool`, whose note-ons ask
+    for renders (:meth:`pop_requests`).
     """
 
     def __init__(self, pitch_range: tuple[int, int], jitter: float = 0.01):
@@ -58,7 +57,6 @@ class RenderCache:
         self.fresh = np.zeros(N_PITCHES, bool)
         self.used = np.zeros(N_PITCHES, bool)
         self.played = np.zeros(N_PITCHES, np.int64)
-        self.requests: deque[int] = deque()
         self.target: tuple[np.ndarray, np.ndarray, bool] | None = None
         self.pool = None
         self._expected_ms = 1e9
@@ -169,19 +167,16 @@ class RenderCache:
             self.fresh[rows] = self._close(rows) & published if self.target is not None else False
 
     def has_requests(self) -> bool:
-        return bool(self.requests) or (self.pool is not None and self.pool.has_requests())
+        return self.pool is not None and self.pool.has_requests()
 
     def pop_requests(self) -> list[int]:
         """Requested pitches not fresh any more, most recent request first, each once (the
         renderer's thread only). A per-note draw the pool used up is requested too."""
-        if self.pool is not None:
-            for kind, p in self.pool.requests():
-                if kind == R_TAKEN:
-                    self.used[p] = True
-                self.requests.append(p)
+        asked = self.pool.requests() if self.pool is not None else []
         seen: list[int] = []
-        while self.requests:
-            p = self.requests.pop()
+        for kind, p in reversed(asked):
+            if kind == R_TAKEN:
+                self.used[p] = True
             if p not in seen and not self.fresh[p]:
                 seen.append(p)
         return seen

@@ -87,8 +87,7 @@ class Instrument:
         self.notify("model", [bundle.name])
 
     def set_rate(self, rate: int) -> None:
-        """Follow a new output rate: every render is redone at it."""
-        self.pool.set_rate(rate)
+        """Follow a new output rate (the voices already do: JackAudio.open): every render is redone at it."""
         self.renderer.set_rate(rate)
         self.cache.clear()
 

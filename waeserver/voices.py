@@ -16,11 +16,11 @@ Policies (the C code follows them; docs/live.md explains them):
 
 - *Stealing*, when ``polyphony`` voices sound: a free slot, else the oldest released voice, else
   the oldest voice of the same pitch, else the oldest voice. The stolen voice fades out over
-  ``FADE_S`` in one of the extra tail slots while the new note starts at once.
+  5 ms (``FADE_S`` in ``_voices.c``) in one of the extra tail slots while the new note starts at once.
 - *Stale notes*: a note-on whose render is not fresh asks the renderer for it at once. If a
   priority render is expected within the latency budget (less the period the output takes anyway),
   the voice waits for it that long at most; else, or when the budget runs out, the most recent
-  render of the pitch plays as a stand-in and is crossfaded (``XFADE_S``) to the new render when it
+  render of the pitch plays as a stand-in and is crossfaded (10 ms) to the new render when it
   arrives.
 - *Loops*: a render with a loop start (:class:`~waeserver.cache.Note`) goes back to it whenever a
   voice reaches its end, so a held note sounds until its envelope ends it.
@@ -39,8 +39,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-FADE_S = 0.005        # steal and panic fade (_voices.c)
-XFADE_S = 0.010       # stand-in to fresh render crossfade (_voices.c)
 N_PITCHES = 128
 MAX_SLOTS = 4096
 LATENCY_SLOTS = 256
@@ -110,9 +108,10 @@ def _load() -> ctypes.CDLL:
     ]:
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = res, args
-    for i, struct in enumerate((Params, Stats, Voice, Command)):
-        if lib.voices_sizes(i) != ctypes.sizeof(struct):
-            raise ImportError(f"waeserver's C voice pool does not match voices.py ({struct.__name__}): rebuild it")
+    for i, (name, size) in enumerate([(s.__name__, ctypes.sizeof(s)) for s in (Params, Stats, Voice, Command)]
+                                     + [("N_PITCHES", N_PITCHES), ("MAX_SLOTS", MAX_SLOTS)]):
+        if lib.voices_sizes(i) != size:
+            raise ImportError(f"waeserver's C voice pool does not match voices.py ({name}): rebuild it")
     return lib
 
 
@@ -120,6 +119,7 @@ _lib = _load()
 
 ACTIONS = {"note_on": NOTE_ON, "note_off": NOTE_OFF, "sustain": SUSTAIN, "bend": BEND, "panic": PANIC,
            "all_notes_off": ALL_OFF, "midi": MIDI}
+ACTION_NAMES = {kind: name for name, kind in ACTIONS.items()}
 
 
 def _command(action: str, args: tuple, at: int = 0) -> tuple:
@@ -153,7 +153,6 @@ class VoicePool:
         if not self._p:
             raise MemoryError("cannot allocate the voice pool")
         self.polyphony = int(polyphony)
-        self.max_period = int(max_period)
         self.rate = int(rate)
         self.params = _lib.voices_params(self._p).contents
         self.stats = _lib.voices_stats(self._p).contents
@@ -172,6 +171,7 @@ class VoicePool:
         self._next_token = 0
         self._event_buf = (Event * 4096)()
         self._request_buf = (Request * 1024)()
+        self._queued_buf = (Command * 8192)()
         self._jack = None                       # the client whose process callback we are
         self.cache = None
         if cache is not None:
@@ -217,9 +217,7 @@ class VoicePool:
     hits = property(lambda self: self.stats.hits)
     misses = property(lambda self: self.stats.misses)
     standins = property(lambda self: self.stats.standins)
-    out_of_range = property(lambda self: self.stats.out_of_range)
     dropped = property(lambda self: self.stats.dropped)
-    frame = property(lambda self: self.stats.frame)
 
     def sounding(self) -> int:
         return sum(1 for v in self.voices if v.state != FREE)
@@ -250,43 +248,41 @@ class VoicePool:
     def queued(self) -> list[tuple[str, int]]:
         """``(action, first argument)`` of the voice actions queued for the next period (renders
         published and sync tokens left out)."""
-        buf = (Command * 8192)()
+        buf = self._queued_buf
         with self._lock:   # the producers' side of the ring
             n = _lib.voices_queued(self._p, buf, len(buf))
-        names = {v: k for k, v in ACTIONS.items()}
-        return [(names[c.kind], c.a) for c in buf[:n] if c.kind in names]
+            return [(ACTION_NAMES[c.kind], c.a) for c in buf[:n] if c.kind in ACTION_NAMES]
 
     # --- actions (any thread) ----------------------------------------------------------------
-    def _push(self, kind: int, a: int = 0, b: int = 0, x: int = 0, y: int = 0, f: float = 0.0) -> bool:
+    def _post(self, action: str, *args) -> None:
         with self._lock:
-            return bool(_lib.voices_command(self._p, kind, 0, a, b, x, y, f))
+            _lib.voices_command(self._p, *_command(action, args))
 
     def note_on(self, pitch: int, gain: float, hold: int = -1) -> None:
         """``pitch`` at ``gain`` (0..1, after the velocity curve) for ``hold`` frames, -1 until off."""
-        self._push(NOTE_ON, int(pitch), x=int(hold), f=float(gain))
+        self._post("note_on", pitch, gain, hold)
 
     def note_off(self, pitch: int) -> None:
-        self._push(NOTE_OFF, int(pitch))
+        self._post("note_off", pitch)
 
     def sustain(self, on: bool) -> None:
-        self._push(SUSTAIN, int(bool(on)))
+        self._post("sustain", bool(on))
 
     def bend(self, value: int) -> None:
         """14-bit pitch bend, centred on 0 (-8192..8191), over ``bend_range`` semitones."""
-        self._push(BEND, int(value))
+        self._post("bend", value)
 
     def panic(self) -> None:
         """Every voice off with a short fade; pedal up and bend centred."""
-        self._push(PANIC)
+        self._post("panic")
 
     def all_notes_off(self) -> None:
         """Release every note, sustained ones too."""
-        self._push(ALL_OFF)
+        self._post("all_notes_off")
 
     def midi(self, data: bytes) -> None:
         """One raw MIDI channel message from another input (mido), parsed as JACK's are."""
-        kind, _, a, b, x, y, f = _command("midi", (data,))
-        self._push(kind, a, b, x, y, f)
+        self._post("midi", data)
 
     def sync(self, token) -> None:
         """``("synced", token)`` in :attr:`events` once every action before it has been applied."""
@@ -313,7 +309,8 @@ class VoicePool:
 
     def clear(self) -> None:
         """Forget every pitch's render (voices keep what they play)."""
-        self._push(CLEAR)
+        with self._lock:
+            _lib.voices_command(self._p, CLEAR, 0, 0, 0, 0, 0, 0.0)
 
     def has_requests(self) -> bool:
         return bool(_lib.voices_has_requests(self._p))
