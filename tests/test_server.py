@@ -396,8 +396,8 @@ def children(pid: int) -> list[int]:
 
 def test_serve_starts_jackd_survives_its_loss_and_stops_on_sigterm(models, tmp_path):
     """A daemon process: no JACK server runs, so it starts one and says so. That server dies; the
-    daemon says so, starts it again and plays on with its controls intact. SIGTERM then stops it
-    cleanly. (A process of its own: one process cannot hold JACK clients of two servers.)"""
+    daemon says so, refuses notes meanwhile, starts it again and plays on with its controls intact.
+    SIGTERM then stops it cleanly. (A process of its own: one process cannot hold JACK clients of two servers.)"""
     name = f"waetest-{uuid.uuid4().hex[:8]}"
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "waeserver.server", "--model", str(models["first"]),
@@ -416,14 +416,16 @@ def test_serve_starts_jackd_survives_its_loss_and_stops_on_sigterm(models, tmp_p
                      "note latency"):
             assert logged(what), what
         osc.send("/wae/style", "violin", 0.75)
+        osc.send("/wae/notify", 1)
         jackd = [k for k in children(proc.pid) if Path(f"/proc/{k}/cmdline").read_bytes().startswith(b"jackd")]
         assert len(jackd) == 1
         os.kill(jackd[0], signal.SIGKILL)
         wait_for(lambda: logged("JACK server went away"))
+        osc.send("/wae/note", 64, 100, 0.05)          # refused, rather than sounding once JACK is back
+        assert "JACK server went away" in osc.expect("/fail", first="/wae/note")[1]
         wait_for(lambda: logged("JACK is back"))       # it started its own server again
-        osc.send("/wae/notify", 1)
         osc.send("/wae/note", 60, 100, 0.05)
-        assert osc.expect("/wae/n_go") == [60]        # the audio callback runs again
+        assert osc.expect("/wae/n_go") == [60]        # the audio callback runs again; no 64 before it
         osc.send("/wae/preset/save", "after")
         osc.expect("/done", first="/wae/preset/save")
         assert yaml.safe_load((tmp_path / "after.yaml").read_text())["styles"] == \

@@ -10,7 +10,7 @@ from waeserver.bundle import load_bundle, make_test_bundle
 from waeserver.cache import RenderCache
 from waeserver.faders import ControlState
 from waeserver.renderer import LOOP_S, Renderer, shape_note
-from waeserver.voices import FADING, FREE, PENDING, PLAYING, RELEASED, VoicePool
+from waeserver.voices import FADING, FREE, PENDING, PLAYING, RELEASED, NotQueued, VoicePool
 
 RATE = 48000
 PERIOD = 256
@@ -338,3 +338,42 @@ def test_periods_longer_than_the_buffers_are_mixed_in_pieces(engine):
     VoicePool(RATE, cache, polyphony=3, max_period=100).run(pieces, events)
     assert whole[10:].any() and not whole[:10].any()
     np.testing.assert_array_equal(pieces, whole)
+
+
+def test_a_full_queue_refuses_actions_and_keeps_its_render_slots(engine):
+    """Nothing drains the queue (no periods run, as while JACK is away): once it is full, actions
+    raise NotQueued and a render that could not be published keeps no slot. A period drains it."""
+    _, cache, _, pool = engine
+    play(pool, 1)                                  # the cache's renders published
+    taken = 0
+    with pytest.raises(NotQueued, match="full"):
+        while taken < 100_000:
+            pool.note_off(60)
+            taken += 1
+    assert taken == len(pool._queued_buf) and pool.lost == 1
+    slots, held = len(pool._free), len(pool._notes)
+    assert pool.publish(62, cache.notes[62]) is False
+    assert (len(pool._free), len(pool._notes)) == (slots, held)
+    for action in (lambda: pool.sync("token"), pool.clear):
+        with pytest.raises(NotQueued):
+            action()
+    play(pool, 1)
+    pool.note_on(60, 1.0)
+    assert pool.queued() == [("note_on", 60)] and pool.lost == 2
+
+
+def test_refused_note_ons_do_not_wait_for_the_audio(engine):
+    """While ``refusing`` says why (the daemon sets it while JACK is away), note-ons from OSC and
+    from MIDI bytes are refused instead of sounding when the audio comes back; the rest is kept."""
+    _, _, _, pool = engine
+    pool.refusing = "no audio"
+    for action in (lambda: pool.note_on(60, 1.0), lambda: pool.midi(bytes([0x90, 60, 100]))):
+        with pytest.raises(NotQueued, match="no audio"):
+            action()
+    pool.note_off(60)
+    pool.midi(bytes([0x90, 62, 0]))               # a note-off by velocity 0
+    pool.sustain(True)
+    assert [a for a, _ in pool.queued()] == ["note_off", "midi", "sustain"]
+    pool.refusing = ""
+    play(pool, 1, [(0, "note_on", (60, 1.0))])
+    assert pool.sounding() == 1

@@ -16,6 +16,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from waeserver.voices import NotQueued
+
 log = logging.getLogger(__name__)
 
 CURVES = {"linear": 1.0, "soft": 0.5, "hard": 2.0}
@@ -97,6 +99,13 @@ def open_inputs(patterns: list[str], pool) -> list:
         if not matched:
             log.warning("no MIDI input matches %r (inputs: %s)", pattern, ", ".join(names) or "none")
         for name in matched:
-            ports.append(mido.open_input(name, callback=lambda msg: pool.midi(msg.bytes())))
+            ports.append(mido.open_input(name, callback=lambda msg: _play(pool, msg)))
             log.info("MIDI input: %s", name)
     return ports
+
+
+def _play(pool, msg) -> None:
+    try:
+        pool.midi(msg.bytes())
+    except NotQueued:
+        pass   # counted in pool.lost, which the daemon logs

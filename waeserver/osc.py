@@ -23,6 +23,7 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket, ParseError
 
 from waeserver.faders import ControlError, finite
+from waeserver.voices import NotQueued
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class Commands:
                 expect = f"{low}" if low == high else f"{low} to {high}" if high is not None else f"at least {low}"
                 raise ControlError(f"expected {expect} arguments, got {len(args)}")
             replies = handler(list(args), sender) or []
-        except ControlError as exc:
+        except (ControlError, NotQueued) as exc:
             return [("/fail", [address, str(exc)])]
         if changes and sender in self.subscribers:
             replies.append(("/done", [address]))

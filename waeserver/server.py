@@ -292,8 +292,15 @@ class Daemon:
 
     def run(self) -> None:
         """Watch the JACK connection until stopped; reconnect when the server comes back."""
+        pool = self.inst.pool
+        lost, lost_logged = pool.lost, 0.0
         while not self.stopping.wait(0.1):
+            if pool.lost != lost and time.monotonic() - lost_logged > 1.0:
+                log.warning("%d voice actions not taken (%s)", pool.lost - lost,
+                            pool.refusing or "the voice pool's queue was full")
+                lost, lost_logged = pool.lost, time.monotonic()
             if self.audio.gone:
+                pool.refusing = "no audio: the JACK server went away; notes play again when it is back"
                 log.warning("the JACK server went away; playing resumes when it is back")
                 self.audio.close()
                 while not self.stopping.wait(1.0):
@@ -303,6 +310,7 @@ class Daemon:
                     except OSError:
                         continue
                     log.info("JACK is back: %d Hz, %d-frame periods", self.audio.rate, self.audio.period)
+                    pool.refusing = ""
                     break
 
     def _restart_own_jackd(self) -> None:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -48,6 +49,10 @@ FREE, PENDING, PLAYING, RELEASED, FADING = range(5)
 NOTE_ON, NOTE_OFF, SUSTAIN, BEND, PANIC, ALL_OFF, SYNC, PUBLISH, CLEAR, MIDI = range(1, 11)
 E_GO, E_END, E_SYNCED, E_FREED, E_CONTROL = range(1, 6)
 R_RENDER, R_TAKEN = 1, 2
+
+
+class NotQueued(RuntimeError):
+    """An action the pool did not take: its queue is full, or it refuses notes (no audio running)."""
 
 
 class Params(ctypes.Structure):
@@ -173,6 +178,8 @@ class VoicePool:
         self._request_buf = (Request * 1024)()
         self._queued_buf = (Command * 8192)()
         self._jack = None                       # the client whose process callback we are
+        self.refusing = ""                      # why note-ons are refused now ("": they are not)
+        self.lost = 0                           # actions not taken (NotQueued), ever
         self.cache = None
         if cache is not None:
             cache.attach(self)
@@ -255,8 +262,16 @@ class VoicePool:
 
     # --- actions (any thread) ----------------------------------------------------------------
     def _post(self, action: str, *args) -> None:
+        command = _command(action, args)
+        # Without audio a note-on would wait in the queue and sound whenever audio came back.
+        if self.refusing and (command[0] == NOTE_ON or command[0] == MIDI and command[2] & 0xF0 == 0x90
+                              and command[4] > 0):
+            self.lost += 1
+            raise NotQueued(self.refusing)
         with self._lock:
-            _lib.voices_command(self._p, *_command(action, args))
+            if not _lib.voices_command(self._p, *command):
+                self.lost += 1
+                raise NotQueued("the voice pool's queue is full: action dropped")
 
     def note_on(self, pitch: int, gain: float, hold: int = -1) -> None:
         """``pitch`` at ``gain`` (0..1, after the velocity curve) for ``hold`` frames, -1 until off."""
@@ -289,7 +304,10 @@ class VoicePool:
         with self._lock:
             self._next_token += 1
             self._tokens[self._next_token] = token
-            _lib.voices_command(self._p, SYNC, 0, self._next_token, 0, 0, 0, 0.0)
+            if not _lib.voices_command(self._p, SYNC, 0, self._next_token, 0, 0, 0, 0.0):
+                del self._tokens[self._next_token]
+                self.lost += 1
+                raise NotQueued("the voice pool's queue is full: sync dropped")
 
     # --- renders (the cache's thread) ---------------------------------------------------------
     def publish(self, pitch: int, note) -> bool:
@@ -304,13 +322,24 @@ class VoicePool:
                 return False
             slot = self._free.pop()
             self._notes[slot] = note
-            return bool(_lib.voices_command(self._p, PUBLISH, 0, int(pitch), slot, wave.ctypes.data, len(wave),
-                                            float(note.loop)))
+            if not _lib.voices_command(self._p, PUBLISH, 0, int(pitch), slot, wave.ctypes.data, len(wave),
+                                       float(note.loop)):
+                del self._notes[slot]
+                self._free.append(slot)
+                return False
+            return True
 
     def clear(self) -> None:
-        """Forget every pitch's render (voices keep what they play)."""
-        with self._lock:
-            _lib.voices_command(self._p, CLEAR, 0, 0, 0, 0, 0, 0.0)
+        """Forget every pitch's render (voices keep what they play). Rare and never urgent, so a
+        full queue is given half a second of periods to make room."""
+        deadline = time.monotonic() + 0.5
+        while True:
+            with self._lock:
+                if _lib.voices_command(self._p, CLEAR, 0, 0, 0, 0, 0, 0.0):
+                    return
+            if time.monotonic() > deadline:
+                raise NotQueued("the voice pool's queue is full: clear dropped")
+            time.sleep(0.005)
 
     def has_requests(self) -> bool:
         return bool(_lib.voices_has_requests(self._p))
