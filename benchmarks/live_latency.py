@@ -42,10 +42,13 @@ from waeserver.osc import encode  # noqa: E402
 RATE, PERIOD = 48000, 256
 
 
-def start_jackd(name: str, realtime: bool = False, rate: int = RATE, period: int = PERIOD) -> subprocess.Popen:
-    """A dummy JACK server; ``realtime`` gives its threads and its clients' SCHED_FIFO, as on stage."""
+def start_jackd(name: str, realtime: bool = False, rate: int = RATE, period: int = PERIOD,
+                log: Path | None = None) -> subprocess.Popen:
+    """A dummy JACK server; ``realtime`` gives its threads and its clients' SCHED_FIFO, as on stage.
+    ``log`` keeps what jackd prints (it names the client that each xrun waited for)."""
+    out = open(log, "w") if log else subprocess.DEVNULL
     proc = subprocess.Popen(["jackd", "-n", name, "-R" if realtime else "--no-realtime", "-d", "dummy",
-                             "-r", str(rate), "-p", str(period)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "-r", str(rate), "-p", str(period)], stdout=out, stderr=subprocess.STDOUT)
     env = dict(os.environ, JACK_DEFAULT_SERVER=name)
     if subprocess.run(["jack_wait", "-w", "-t", "10"], env=env, capture_output=True).returncode != 0:
         proc.kill()

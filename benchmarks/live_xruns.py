@@ -22,8 +22,11 @@ import os
 import multiprocessing
 import platform
 import sys
+import re
+import tempfile
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 from live_latency import PERIOD, RATE, Osc, Probe, free_port, pick_model, start_daemon, start_jackd
@@ -41,6 +44,23 @@ def move_fader(port: int, style: str, rate: float, seconds: float, sent) -> None
         n += 1
         time.sleep(max(0.0, t0 + n / rate - time.monotonic()))
     sent.value = n
+
+
+def xrun_causes(log: Path, start: int) -> tuple[dict, int]:
+    """What jackd blamed for the xruns it printed after byte ``start`` of its log: a client that
+    was not finished (by name, the per-run suffix dropped; one late cycle can print a line for each
+    client it held up, and another when the next cycle finds it still triggered), or the driver."""
+    with open(log, "rb") as f:
+        f.seek(start)
+        data = f.read()
+    text = data.decode(errors="replace")
+    causes: Counter = Counter()
+    for line in text.splitlines():
+        if m := re.search(r"client = (\S+?)(?:-[0-9a-f]{6})? was not (\w+)", line):
+            causes[f"{m[1]} not {m[2]}"] += 1
+        elif "XRun" in line or "xrun" in line.lower():
+            causes[re.sub(r"[0-9.]+", "N", line.strip())[:80]] += 1
+    return dict(causes), start + len(data)
 
 
 def loaded_round(model: str, server: str, args) -> dict:
@@ -99,23 +119,29 @@ def main() -> None:
     parser.add_argument("--fader-rate", type=float, default=100.0, help="fader messages a second")
     parser.add_argument("--realtime", action="store_true", help="run jackd with -R (SCHED_FIFO where allowed)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--jack-log", type=Path, help="keep jackd's output here (default: a temporary file)")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     sys.setswitchinterval(0.0005)  # the probe's Python callback waits little for its interpreter lock
     model, about = pick_model(args.model)
     server = f"waebench-{uuid.uuid4().hex[:8]}"
-    jackd = start_jackd(server, args.realtime)
+    log = args.jack_log or Path(tempfile.mkdtemp()) / "jackd.log"
+    jackd = start_jackd(server, args.realtime, log=log)
     report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                          f"dummy JACK {RATE} Hz / {PERIOD} frames{', realtime' if args.realtime else ''}",
               "model": about, "seconds": args.seconds, "rounds": []}
     try:
         for r in range(args.rounds):
+            seen = log.stat().st_size
             idle = Probe(server, seconds=1, daemon="")
             time.sleep(args.seconds)
             idle_xruns = idle.xruns
             idle.close()
+            idle_causes, seen = xrun_causes(log, seen)
             loaded = loaded_round(model, server, args)
-            report["rounds"].append({"idle_xruns": idle_xruns, **loaded})
+            loaded_causes, seen = xrun_causes(log, seen)
+            report["rounds"].append({"idle_xruns": idle_xruns, **loaded,
+                                     "idle_causes": idle_causes, "loaded_causes": loaded_causes})
             print(f"round {r + 1}: idle JACK {idle_xruns} xruns in {args.seconds:.0f} s; with the daemon "
                   f"{loaded['xruns']} xruns in {loaded['seconds']:.0f} s ({loaded['voices_sounding_mean']} voices "
                   f"on average, {loaded['fader_msgs_per_s']} fader messages/s, slowest callback "
