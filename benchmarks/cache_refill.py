@@ -48,8 +48,8 @@ def main() -> None:
     report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                          f"device {bundle.device}, torch threads {torch.get_num_threads()}",
               "model": about, "pitches": n_pitches, "refill": {}}
-    state = ControlState(bundle.styles, bundle.latent_size)
     for batch in [int(b) for b in args.batches.split(",")]:
+        state = ControlState(bundle.styles, bundle.latent_size)   # each batch size from the same start
         cache = RenderCache(bundle.pitch_range)
         renderer = Renderer(bundle, state, cache, RATE, batch=batch)
         renderer.retarget()
