@@ -45,6 +45,7 @@
 #define TIMED_PERIODS 4096
 #define MAX_MIDI 1024      /* MIDI events of one period handed to the pool; more are dropped */
 #define JACK_THREAD_NICE -10  /* JACK's process thread when JACK is not realtime, where allowed */
+#define JACK_THREAD_SLICE_NS 100000  /* and its slice (the shortest Linux takes) */
 #define FADE_S 0.005       /* steal and panic fade */
 #define XFADE_S 0.010      /* stand-in to fresh render crossfade */
 
@@ -110,7 +111,8 @@ typedef struct {
     port_buffer_fn port_buffer;
     midi_count_fn midi_count;
     midi_get_fn midi_get;
-    int32_t thread_nice;     /* JACK's threads: 0 not started, 2 at JACK_THREAD_NICE, 3 not raised */
+    int32_t thread_nice;     /* JACK's threads: 0 not started, 2 at JACK_THREAD_NICE, 3 not raised,
+                                4 at JACK_THREAD_NICE with a short slice */
     int32_t thread_known;    /* the process thread has called us: thread is it */
     pthread_t thread;
     Command midi[MAX_MIDI];
@@ -699,10 +701,19 @@ static int jack_process(uint32_t frames, void *arg) {
  * it: a high priority, where allowed. */
 static void jack_thread_init(void *arg) {
     Pool *p = arg;
-    p->thread_nice = setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), JACK_THREAD_NICE) == 0 ? 2 : 3;
+    /* Linux 6.12 and later also take a short slice request for an ordinary thread: woken, it then
+     * preempts a running thread at once instead of waiting for that one's slice to end. */
+    struct { uint32_t size, policy; uint64_t flags; int32_t nice; uint32_t priority;
+             uint64_t runtime, deadline, period; } attr = {48, SCHED_OTHER, 0, JACK_THREAD_NICE, 0,
+                                                          JACK_THREAD_SLICE_NS, 0, 0};
+    pid_t tid = (pid_t)syscall(SYS_gettid);
+    if (sched_getscheduler(0) != SCHED_OTHER) return;   /* already realtime: not to be undone */
+    if (syscall(SYS_sched_setattr, tid, &attr, 0) == 0) p->thread_nice = 4;
+    else p->thread_nice = setpriority(PRIO_PROCESS, (id_t)tid, JACK_THREAD_NICE) == 0 ? 2 : 3;
 }
 
-/* How JACK's process thread runs: 0 not started, 1 realtime, 2 at JACK_THREAD_NICE, 3 ordinary. */
+/* How JACK's process thread runs: 0 not started, 1 realtime, 2 at JACK_THREAD_NICE, 3 ordinary,
+ * 4 at JACK_THREAD_NICE with JACK_THREAD_SLICE_NS. */
 int voices_thread_mode(Pool *p) {
     int policy;
     struct sched_param param;
