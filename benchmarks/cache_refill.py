@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from live_latency import pick_model  # noqa: E402
+from live_latency import cpu_name, pick_model  # noqa: E402
 
 from waeserver.bundle import load_bundle  # noqa: E402
 from waeserver.cache import RenderCache  # noqa: E402
@@ -45,7 +44,7 @@ def main() -> None:
     model, about = pick_model(args.model)
     bundle = load_bundle(model, args.device)
     n_pitches = bundle.pitch_range[1] - bundle.pitch_range[0] + 1
-    report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+    report = {"machine": f"{cpu_name()}, {os.cpu_count()} cores, "
                          f"device {bundle.device}, torch threads {torch.get_num_threads()}",
               "model": about, "pitches": n_pitches, "refill": {}}
     for batch in [int(b) for b in args.batches.split(",")]:

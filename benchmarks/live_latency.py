@@ -42,6 +42,17 @@ from waeserver.osc import encode  # noqa: E402
 RATE, PERIOD = 48000, 256
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``platform.processor()`` is empty on Linux), else the architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def start_jackd(name: str, realtime: bool = False, rate: int = RATE, period: int = PERIOD,
                 log: Path | None = None) -> subprocess.Popen:
     """A dummy JACK server; ``realtime`` gives its threads and its clients' SCHED_FIFO, as on stage.
@@ -250,7 +261,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     model, about = pick_model(args.model)
-    report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+    report = {"machine": f"{cpu_name()}, {os.cpu_count()} cores, "
                          f"dummy JACK {RATE} Hz / {PERIOD} frames{', realtime' if args.realtime else ''}",
               "model": about, "runs": []}
     for budget in [float(b) for b in args.budgets.split(",")]:

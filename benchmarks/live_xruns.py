@@ -20,7 +20,6 @@ import json
 import math
 import os
 import multiprocessing
-import platform
 import sys
 import re
 import tempfile
@@ -29,7 +28,7 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-from live_latency import PERIOD, RATE, Osc, Probe, free_port, pick_model, start_daemon, start_jackd
+from live_latency import PERIOD, RATE, Osc, Probe, cpu_name, free_port, pick_model, start_daemon, start_jackd
 
 
 def move_fader(port: int, style: str, rate: float, seconds: float, sent) -> None:
@@ -127,7 +126,7 @@ def main() -> None:
     server = f"waebench-{uuid.uuid4().hex[:8]}"
     log = args.jack_log or Path(tempfile.mkdtemp()) / "jackd.log"
     jackd = start_jackd(server, args.realtime, log=log)
-    report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+    report = {"machine": f"{cpu_name()}, {os.cpu_count()} cores, "
                          f"dummy JACK {RATE} Hz / {PERIOD} frames{', realtime' if args.realtime else ''}",
               "model": about, "seconds": args.seconds, "rounds": []}
     try:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from live_latency import cpu_name  # noqa: E402
 
 from waeserver.cache import Note, RenderCache  # noqa: E402
 from waeserver.renderer import shape_note  # noqa: E402
@@ -73,7 +74,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     n = args.periods
     same_frame, spread = chord([0] * VOICES), chord(range(0, PERIOD, PERIOD // VOICES))
-    report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+    report = {"machine": f"{cpu_name()}, {os.cpu_count()} cores",
               "period_ms": round(1000.0 * PERIOD / RATE, 2), "cases": {}}
     cases = report["cases"]
 
