@@ -703,13 +703,18 @@ static void jack_thread_init(void *arg) {
     Pool *p = arg;
     /* Linux 6.12 and later also take a short slice request for an ordinary thread: woken, it then
      * preempts a running thread at once instead of waiting for that one's slice to end. */
-    struct { uint32_t size, policy; uint64_t flags; int32_t nice; uint32_t priority;
-             uint64_t runtime, deadline, period; } attr = {48, SCHED_OTHER, 0, JACK_THREAD_NICE, 0,
-                                                          JACK_THREAD_SLICE_NS, 0, 0};
+    struct sched_attr_v0 { uint32_t size, policy; uint64_t flags; int32_t nice; uint32_t priority;
+                           uint64_t runtime, deadline, period; };
+    struct sched_attr_v0 attr = {48, SCHED_OTHER, 0, JACK_THREAD_NICE, 0, JACK_THREAD_SLICE_NS, 0, 0}, got;
     pid_t tid = (pid_t)syscall(SYS_gettid);
     if (sched_getscheduler(0) != SCHED_OTHER) return;   /* already realtime: not to be undone */
-    if (syscall(SYS_sched_setattr, tid, &attr, 0) == 0) p->thread_nice = 4;
-    else p->thread_nice = setpriority(PRIO_PROCESS, (id_t)tid, JACK_THREAD_NICE) == 0 ? 2 : 3;
+    if (syscall(SYS_sched_setattr, tid, &attr, 0) == 0) {
+        /* older kernels accept the request and ignore it; they also read back no slice */
+        p->thread_nice = syscall(SYS_sched_getattr, tid, &got, sizeof got, 0) == 0
+                         && got.runtime == JACK_THREAD_SLICE_NS ? 4 : 2;
+    } else {
+        p->thread_nice = setpriority(PRIO_PROCESS, (id_t)tid, JACK_THREAD_NICE) == 0 ? 2 : 3;
+    }
 }
 
 /* How JACK's process thread runs: 0 not started, 1 realtime, 2 at JACK_THREAD_NICE, 3 ordinary,
