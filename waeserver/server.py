@@ -296,8 +296,7 @@ class Daemon:
         lost, lost_logged = pool.lost, 0.0
         while not self.stopping.wait(0.1):
             if pool.lost != lost and time.monotonic() - lost_logged > 1.0:
-                log.warning("%d voice actions not taken (%s)", pool.lost - lost,
-                            pool.refusing or "the voice pool's queue was full")
+                log.warning("%d voice actions not taken (the last: %s)", pool.lost - lost, pool.lost_why)
                 lost, lost_logged = pool.lost, time.monotonic()
             if self.audio.gone:
                 pool.refusing = "no audio: the JACK server went away; notes play again when it is back"

@@ -180,6 +180,7 @@ class VoicePool:
         self._jack = None                       # the client whose process callback we are
         self.refusing = ""                      # why note-ons are refused now ("": they are not)
         self.lost = 0                           # actions not taken (NotQueued), ever
+        self.lost_why = ""                      # why the last one was not
         self.cache = None
         if cache is not None:
             cache.attach(self)
@@ -268,12 +269,15 @@ class VoicePool:
         # Without audio a note-on would wait in the queue and sound whenever audio came back.
         if self.refusing and (command[0] == NOTE_ON or command[0] == MIDI and command[2] & 0xF0 == 0x90
                               and command[4] > 0):
-            self.lost += 1
-            raise NotQueued(self.refusing)
+            self._refuse(self.refusing)
         with self._lock:
             if not _lib.voices_command(self._p, *command):
-                self.lost += 1
-                raise NotQueued("the voice pool's queue is full: action dropped")
+                self._refuse("the voice pool's queue is full: action dropped")
+
+    def _refuse(self, why: str):
+        self.lost += 1
+        self.lost_why = why
+        raise NotQueued(why)
 
     def note_on(self, pitch: int, gain: float, hold: int = -1) -> None:
         """``pitch`` at ``gain`` (0..1, after the velocity curve) for ``hold`` frames, -1 until off."""
@@ -308,8 +312,7 @@ class VoicePool:
             self._tokens[self._next_token] = token
             if not _lib.voices_command(self._p, SYNC, 0, self._next_token, 0, 0, 0, 0.0):
                 del self._tokens[self._next_token]
-                self.lost += 1
-                raise NotQueued("the voice pool's queue is full: sync dropped")
+                self._refuse("the voice pool's queue is full: sync dropped")
 
     # --- renders (the cache's thread) ---------------------------------------------------------
     def publish(self, pitch: int, note) -> bool:
