@@ -244,11 +244,11 @@ class VoicePool:
         return float(p50), float(p99)
 
     def jack_thread(self) -> str:
-        """How JACK's process thread runs: ``realtime``, ``nice -10, 0.1 ms slice`` (JACK not
+        """How JACK's process thread runs: ``realtime``, ``nice -10, 0.5 ms slice`` (JACK not
         realtime, raised, on Linux 6.12 or later), ``nice -10`` (the same on an older kernel),
         ``ordinary`` (JACK not realtime, raising not allowed), or ``not started``."""
         return ("not started", "realtime", "nice -10", "ordinary",
-                "nice -10, 0.1 ms slice")[_lib.voices_thread_mode(self._p)]
+                "nice -10, 0.5 ms slice")[_lib.voices_thread_mode(self._p)]
 
     def callback_ms(self) -> float:
         """The longest JACK process callback over recent periods (ms)."""
