@@ -426,7 +426,7 @@ def test_serve_starts_jackd_survives_its_loss_and_stops_on_sigterm(models, tmp_p
         wait_for(lambda: logged("JACK is back"))       # it started its own server again
         osc.send("/wae/note", 60, 100, 0.05)
         assert osc.expect("/wae/n_go") == [60]        # the audio callback runs again; no 64 before it
-        wait_for(lambda: logged("1 voice actions not taken (the last: no audio"))
+        wait_for(lambda: logged("1 voice action not taken (the last: no audio"))
         osc.send("/wae/preset/save", "after")
         osc.expect("/done", first="/wae/preset/save")
         assert yaml.safe_load((tmp_path / "after.yaml").read_text())["styles"] == \

@@ -296,7 +296,8 @@ class Daemon:
         lost, lost_logged = pool.lost, 0.0
         while not self.stopping.wait(0.1):
             if pool.lost != lost and time.monotonic() - lost_logged > 1.0:
-                log.warning("%d voice actions not taken (the last: %s)", pool.lost - lost, pool.lost_why)
+                n = pool.lost - lost
+                log.warning("%d voice action%s not taken (the last: %s)", n, "" if n == 1 else "s", pool.lost_why)
                 lost, lost_logged = pool.lost, time.monotonic()
             if self.audio.gone:
                 pool.refusing = "no audio: the JACK server went away; notes play again when it is back"
