@@ -8,9 +8,11 @@ second, for as long again; then the daemon stops. ``--rounds`` repeats this on t
 server, so idle and loaded stretches alternate. Both counts come from the same probe's xrun
 callback; the daemon's slowest callback and load come from ``/wae/status``. The fader messages
 come from a process of their own, so the probe's Python callback shares its interpreter lock with
-nothing busy (as in the idle baseline): the xruns counted are the daemon's.
+nothing busy (as in the idle baseline). jackd's log (``--jack-log``) names the client each xrun
+waited for: the daemon, a probe client, or the driver itself.
 
-    python benchmarks/live_xruns.py [--model B] [--seconds 60] [--rounds 1] [--realtime] [--json out.json]
+    python benchmarks/live_xruns.py [--model B] [--seconds 60] [--rounds 1] [--realtime]
+                                    [--jack-log jackd.log] [--json out.json]
 """
 
 from __future__ import annotations
