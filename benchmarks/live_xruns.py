@@ -20,10 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import multiprocessing
-import sys
+import os
 import re
+import sys
 import tempfile
 import time
 import uuid

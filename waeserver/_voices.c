@@ -708,9 +708,9 @@ static void jack_thread_init(void *arg) {
      * as it was with 0.1 ms (callbacks of 3 to 4 ms now and then). */
     struct sched_attr_v0 { uint32_t size, policy; uint64_t flags; int32_t nice; uint32_t priority;
                            uint64_t runtime, deadline, period; };
-    struct sched_attr_v0 attr = {48, SCHED_OTHER, 0, JACK_THREAD_NICE, 0, JACK_THREAD_SLICE_NS, 0, 0}, got;
-    pid_t tid = (pid_t)syscall(SYS_gettid);
+    struct sched_attr_v0 attr = {sizeof attr, SCHED_OTHER, 0, JACK_THREAD_NICE, 0, JACK_THREAD_SLICE_NS, 0, 0}, got;
     if (sched_getscheduler(0) != SCHED_OTHER) return;   /* already realtime: not to be undone */
+    pid_t tid = (pid_t)syscall(SYS_gettid);
     if (syscall(SYS_sched_setattr, tid, &attr, 0) == 0) {
         /* older kernels accept the request and ignore it; they also read back no slice */
         p->thread_nice = syscall(SYS_sched_getattr, tid, &got, sizeof got, 0) == 0

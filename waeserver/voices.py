@@ -244,11 +244,11 @@ class VoicePool:
         return float(p50), float(p99)
 
     def jack_thread(self) -> str:
-        """How JACK's process thread runs: ``realtime``, ``nice -10, 0.5 ms slice`` (JACK not
-        realtime, raised, on Linux 6.12 or later), ``nice -10`` (the same on an older kernel),
+        """How JACK's process thread runs: ``realtime``, ``nice -10, short slice`` (JACK not
+        realtime, raised, on Linux 6.12 or later; ``JACK_THREAD_SLICE_NS`` in ``_voices.c``), ``nice -10`` (the same on an older kernel),
         ``ordinary`` (JACK not realtime, raising not allowed), or ``not started``."""
         return ("not started", "realtime", "nice -10", "ordinary",
-                "nice -10, 0.5 ms slice")[_lib.voices_thread_mode(self._p)]
+                "nice -10, short slice")[_lib.voices_thread_mode(self._p)]
 
     def callback_ms(self) -> float:
         """The longest JACK process callback over recent periods (ms)."""
@@ -265,10 +265,9 @@ class VoicePool:
 
     # --- actions (any thread) ----------------------------------------------------------------
     def _post(self, action: str, *args) -> None:
-        command = _command(action, args)
+        command = kind, _, status, _, velocity, _, _ = _command(action, args)
         # Without audio a note-on would wait in the queue and sound whenever audio came back.
-        if self.refusing and (command[0] == NOTE_ON or command[0] == MIDI and command[2] & 0xF0 == 0x90
-                              and command[4] > 0):
+        if self.refusing and (kind == NOTE_ON or kind == MIDI and status & 0xF0 == 0x90 and velocity > 0):
             self._refuse(self.refusing)
         with self._lock:
             if not _lib.voices_command(self._p, *command):
