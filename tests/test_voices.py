@@ -57,9 +57,9 @@ def test_render_is_resampled_once_and_faded(engine, bundle):
         assert len(audio) == int(LOOP_S[1] * RATE) and cache.notes[60].loop == int(LOOP_S[0] * RATE)
 
 
-def _tone(decay_s: float | None, seconds: float = 1.5) -> np.ndarray:
+def _tone(decay_s: float | None, seconds: float = 1.5, hz: float = 220.0) -> np.ndarray:
     t = np.arange(int(seconds * RATE)) / RATE
-    wave = 0.5 * np.sin(2 * np.pi * 220.0 * t) + 0.2 * np.sin(2 * np.pi * 663.0 * t)
+    wave = 0.5 * np.sin(2 * np.pi * hz * t) + 0.2 * np.sin(2 * np.pi * hz * (663.0 / 220.0) * t)
     return (wave * (np.exp(-t / decay_s) if decay_s else 1.0)).astype(np.float32)
 
 
@@ -377,3 +377,50 @@ def test_refused_note_ons_do_not_wait_for_the_audio(engine):
     pool.refusing = ""
     play(pool, 1, [(0, "note_on", (60, 1.0))])
     assert pool.sounding() == 1
+
+
+def test_a_loud_chord_is_limited_without_clipping_and_a_single_note_passes_unchanged():
+    """32 sustained tones of 0.7 peak at a third of full level sum to several times full scale: the master
+    limiter keeps the mix under 1 with no clipped runs, by a gain alone (the same mix with the
+    limiter out of reach, scaled back, is the reference). One such tone is bit for bit the render,
+    also once the chord has been released and the limiter has let go."""
+    pitches = range(40, 72)
+    notes = {p: shape_note(_tone(None, hz=440.0 * 2 ** ((p - 69) / 12)), RATE) for p in pitches}
+
+    def chord(master_gain: float) -> tuple[VoicePool, np.ndarray]:
+        pool = VoicePool(RATE, polyphony=32)
+        pool.gain = master_gain
+        pool.release = 0.05
+        play(pool, 1)                             # the gain's ramp from 1, in silence
+        for p, note in notes.items():
+            assert pool.publish(p, note)
+            pool.fresh[p] = True
+        out = play(pool, int(0.6 * RATE / PERIOD), [(0, "note_on", (p, 0.3)) for p in pitches])
+        return pool, out
+
+    pool, out = chord(1.0)
+    _, quiet = chord(1 / 64)                      # a power of two: scaling back is exact
+    raw = quiet * 64                              # the un-limited mix
+    assert np.abs(raw).max() > 3.0 and np.abs(quiet).max() < 0.8
+    over = np.abs(raw) >= 1.0
+    assert (over[1:] & over[:-1]).sum() > 100     # a hard clip would have flattened runs of samples
+    assert np.abs(out).max() < 1.0 and np.abs(out).max() > 0.9
+    clipped = np.abs(out) >= 0.999
+    assert not (clipped[1:] & clipped[:-1]).any()
+    loud = np.abs(raw) > 1e-3
+    gain = out[loud] / raw[loud]                  # a gain, not a waveshaper: same sign, never louder
+    assert gain.min() > 0.0 and gain.max() <= 1.0 + 1e-6 and pool.stats.limited > 0
+
+    single = notes[60].wave
+    assert 0.6 < np.abs(single).max() < 0.8       # loud, but below the knee
+    one = VoicePool(RATE, polyphony=32)
+    assert one.publish(60, notes[60])
+    one.fresh[60] = True
+    alone = play(one, 20, [(0, "note_on", (60, 1.0))])
+    assert np.array_equal(alone, single[:len(alone)]) and one.stats.limited == 0
+
+    play(pool, 1, [(0, "all_notes_off", ())])
+    play(pool, int(1.5 * RATE / PERIOD))          # released, and the limiter's gain back at 1
+    limited = pool.stats.limited
+    after = play(pool, 20, [(0, "note_on", (60, 1.0))])
+    assert np.array_equal(after, single[:len(after)]) and pool.stats.limited == limited

@@ -25,6 +25,7 @@
 
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <float.h>
 #include <math.h>
 #include <pthread.h>
 #include <sched.h>
@@ -48,6 +49,12 @@
 #define JACK_THREAD_SLICE_NS 500000  /* and its slice: see jack_thread_init */
 #define FADE_S 0.005       /* steal and panic fade */
 #define XFADE_S 0.010      /* stand-in to fresh render crossfade */
+/* The master limiter (see limit): below LIMIT_KNEE the mix passes untouched; above, its peak level
+ * is bent smoothly towards LIMIT_CEILING, which it never reaches. */
+#define LIMIT_KNEE 0.8
+#define LIMIT_CEILING 0.98
+#define LIMIT_HOLD_S 0.05   /* longer than the period of the lowest note: no ripple at its pitch */
+#define LIMIT_RELEASE_S 0.3
 
 enum { FREE, PENDING, PLAYING, RELEASED, FADING };
 enum { C_NOTE_ON = 1, C_NOTE_OFF, C_SUSTAIN, C_BEND, C_PANIC, C_ALL_OFF, C_SYNC, C_PUBLISH, C_CLEAR, C_MIDI };
@@ -67,6 +74,7 @@ typedef struct {
 
 typedef struct {
     int64_t hits, misses, standins, out_of_range, dropped, overflow, mixes, frame, calls, n_latency, notes;
+    int64_t limited;                     /* frames the limiter turned down */
     int64_t latency[LATENCY_SLOTS];      /* frames from note-on to sound */
     int64_t took_ns[TIMED_PERIODS];      /* JACK callback durations */
 } Stats;
@@ -98,6 +106,8 @@ typedef struct {
     int32_t current[N_PITCHES];          /* slot of each pitch's latest render, -1 none */
     int32_t rate, polyphony, n_voices, max_period, fade, xfade_len, sustain_on, n;
     double ratio, gain_now;
+    double limit_env, limit_release;     /* the limiter's peak level and its decay per frame */
+    int32_t limit_hold, limit_hold_len;  /* frames left before it decays, and after a new peak */
     int64_t age;
     Voice *voices;
     Slot slots[MAX_SLOTS];
@@ -503,6 +513,47 @@ static void apply(Pool *p, const Command *c, int at) {
     }
 }
 
+/* --- the master limiter ------------------------------------------------------------------------ */
+/* A loud chord must not hard-clip, and there is no room for a look-ahead buffer (it would add its
+ * length to every note's latency). So the gain follows the mix's peak level, which a new peak
+ * raises at once (the gain drops on the very frame that needs it), which holds for LIMIT_HOLD_S and
+ * then decays over LIMIT_RELEASE_S. The gain maps a peak level e to e' = K + (C - K) tanh((e - K) / (C - K)),
+ * whose slope is 1 at the knee K, so it sets in without a kink; and since every frame's level is at
+ * most the peak level, no frame leaves above C. Below K the gain is exactly 1: a mix that stays
+ * below the knee passes bit for bit. Both outputs carry this same mono mix, so its peak is theirs. */
+static double limit_gain(double env) {
+    const double k = LIMIT_KNEE, room = LIMIT_CEILING - LIMIT_KNEE;
+    return (k + room * tanh((env - k) / room)) / env;
+}
+
+static void limit(Pool *p, const float *buf, float *out, int n) {
+    double env = p->limit_env, gain = env > LIMIT_KNEE ? limit_gain(env) : 1.0;
+    int32_t hold = p->limit_hold;
+    for (int j = 0; j < n; j++) {
+        float x = buf[j], a = fabsf(x);
+        if (!(a <= FLT_MAX)) x = a = 0.0f;   /* a NaN or infinity from a render: silence, not a stuck gain */
+        if (a >= env) {   /* a new peak */
+            env = a;
+            hold = p->limit_hold_len;
+            gain = env > LIMIT_KNEE ? limit_gain(env) : 1.0;
+        } else if (hold > 0) {
+            hold--;
+        } else if (env > LIMIT_KNEE) {
+            env *= p->limit_release;
+            gain = env > LIMIT_KNEE ? limit_gain(env) : 1.0;
+        } else {
+            env = a;   /* below the knee nothing depends on it: track the level, never decay to denormals */
+        }
+        if (gain != 1.0) {
+            x = (float)((double)x * gain);
+            p->stats.limited++;
+        }
+        out[j] = x > 1.0f ? 1.0f : (x < -1.0f ? -1.0f : x);   /* a last guard the limiter leaves nothing to */
+    }
+    p->limit_env = env;
+    p->limit_hold = hold;
+}
+
 /* --- periods ------------------------------------------------------------------------------------ */
 static void begin(Pool *p, int n) {
     p->n = n;
@@ -533,7 +584,7 @@ static void finish(Pool *p, float *out) {
         float g = (float)target;
         for (int j = 0; j < n; j++) buf[j] *= g;
     }
-    for (int j = 0; j < n; j++) out[j] = buf[j] > 1.0f ? 1.0f : (buf[j] < -1.0f ? -1.0f : buf[j]);
+    limit(p, buf, out, n);
     p->stats.frame += n;
 }
 
@@ -543,6 +594,8 @@ void voices_set_rate(Pool *p, int rate) {
     p->rate = rate;
     p->fade = (int)(FADE_S * rate) > 1 ? (int)(FADE_S * rate) : 1;
     p->xfade_len = (int)(XFADE_S * rate) > 1 ? (int)(XFADE_S * rate) : 1;
+    p->limit_hold_len = (int32_t)(LIMIT_HOLD_S * rate);
+    p->limit_release = exp(-1.0 / (LIMIT_RELEASE_S * rate));
 }
 
 Pool *voices_new(int rate, int polyphony, int max_period) {

@@ -9,8 +9,9 @@ with :meth:`VoicePool.run`.
 A period: queued actions and newly published renders apply at its start, then the period's events
 (MIDI, or any action in tests and offline) at their frame offsets, each voice mixed lazily up to
 the frame of an event that changes it, then every voice to the end (so a 32-note chord spread over
-32 frames costs a mix per voice plus one per event). Mixing reads renders as they are and never
-waits for the renderer.
+32 frames costs a mix per voice plus one per event), then the master gain and the limiter (a gain
+with instant attack and no look-ahead, exactly 1 below its knee: docs/live.md). Mixing reads
+renders as they are and never waits for the renderer.
 
 Policies (the C code follows them; docs/live.md explains them):
 
@@ -67,7 +68,7 @@ class Params(ctypes.Structure):
 class Stats(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int64) for name in
                 ("hits", "misses", "standins", "out_of_range", "dropped", "overflow", "mixes", "frame", "calls",
-                 "n_latency", "notes")] + [("latency", ctypes.c_int64 * LATENCY_SLOTS),
+                 "n_latency", "notes", "limited")] + [("latency", ctypes.c_int64 * LATENCY_SLOTS),
                                            ("took_ns", ctypes.c_int64 * TIMED_PERIODS)]
 
 
