@@ -3,8 +3,10 @@
 A pool of 32 voices at 48 kHz with 256-frame periods, mixing synthetic 1.5 s renders, in the
 situations the live daemon meets: 32 voices sounding; a 32-note chord struck on one frame or on 32
 different frames of a period (voices stolen from a pool already full); 32 voices under pitch bend;
-a chord while every render is stale (stand-ins, then fresh renders crossfading in). Reports the
-median, p99 and maximum time of a period in ms: compare them with the 5.33 ms period.
+a chord while every render is stale (stand-ins, then fresh renders crossfading in); 32 voices each
+blending two velocity layers (three layers cached, a velocity between two); 32 voices loud enough
+for the master limiter to turn them down all the time. Reports the median, p99 and maximum time of
+a period in ms: compare them with the 5.33 ms period.
 
     python benchmarks/voice_mixing.py [--periods 2000] [--json out.json]
 """
@@ -38,18 +40,18 @@ def note(rng) -> Note:
     return shape_note(wave.astype(np.float32), RATE)
 
 
-def pool_with_cache(rng) -> tuple[RenderCache, VoicePool]:
-    cache = RenderCache((21, 108))
+def pool_with_cache(rng, velocities=(100,)) -> tuple[RenderCache, VoicePool]:
+    cache = RenderCache((21, 108), velocities=velocities)
     cache.set_target(STYLES, Z, False)
     pitches = list(cache.pitches())
-    cache.publish(pitches, [note(rng) for _ in pitches], (STYLES, Z))
+    cache.publish(pitches, [tuple(note(rng) for _ in velocities) for _ in pitches], (STYLES, Z))
     pool = VoicePool(RATE, cache, VOICES, 10.0)
     pool.sustain(True)
     return cache, pool
 
 
-def chord(offsets) -> list[tuple[int, str, tuple]]:
-    return [(at, "note_on", (40 + i, 0.7)) for i, at in enumerate(offsets)]
+def chord(offsets, velocity: int = 100) -> list[tuple[int, str, tuple]]:
+    return [(at, "note_on", (40 + i, 0.7, -1, velocity)) for i, at in enumerate(offsets)]
 
 
 def time_periods(pool: VoicePool, events_at, periods: int) -> dict:
@@ -74,6 +76,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     n = args.periods
     same_frame, spread = chord([0] * VOICES), chord(range(0, PERIOD, PERIOD // VOICES))
+    same_frame_blended = chord([0] * VOICES, velocity=100)   # between the 80 and 120 layers
     report = {"machine": f"{cpu_name()}, {os.cpu_count()} cores",
               "period_ms": round(1000.0 * PERIOD / RATE, 2), "cases": {}}
     cases = report["cases"]
@@ -98,12 +101,21 @@ def main() -> None:
             return spread
         if i % 50 == 3:   # the renderer publishes the chord's new renders: they crossfade in
             pitches = list(range(40, 40 + VOICES))
-            cache.publish(pitches, [note(rng) for _ in pitches], (target, Z))
+            cache.publish(pitches, [(note(rng),) for _ in pitches], (target, Z))
         return []
     cases["32-note chord, every render stale: stand-ins, then crossfades"] = time_periods(pool, stale, n)
+    _, pool = pool_with_cache(rng, (40, 80, 120))
+    cases["32 voices sounding, each blending two of three velocity layers"] = time_periods(
+        pool, lambda i: same_frame_blended if i == 0 else [], n)
+    _, pool = pool_with_cache(rng)
+    pool.gain = 2.0
+    cases["32 voices sounding, the limiter turning them down"] = time_periods(
+        pool, lambda i: same_frame if i == 0 else [], n)
+    report["limited_frames"] = int(pool.stats.limited)
 
     for name, figures in cases.items():
         print(f"{name}: median {figures['median_ms']} ms, p99 {figures['p99_ms']} ms, max {figures['max_ms']} ms")
+    print(f"limited frames in the last case: {report['limited_frames']} of {n * PERIOD}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 

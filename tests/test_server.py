@@ -334,10 +334,10 @@ def test_per_note_z_draws_fresh_notes(live):
     osc.expect("/wae/synced")
     cache = daemon.inst.cache
     wait_for(lambda: cache.n_fresh() == cache.high - cache.low + 1, timeout=30)
-    first = cache.notes[60].wave
+    first = cache.notes[60][0].wave
     mark = probe.n
     osc.send("/wae/note", 60, 100, 0.1)
-    wait_for(lambda: cache.notes[60].wave is not first)   # used up, drawn again
+    wait_for(lambda: cache.notes[60][0].wave is not first)   # used up, drawn again
     osc.send("/wae/note", 60, 100, 0.1)
     time.sleep(0.3)
     assert np.abs(probe.since(mark)).max() > 1e-4

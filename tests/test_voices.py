@@ -1,4 +1,7 @@
-"""VoicePool, RenderCache and the renderer, on real renders of a random test bundle (no JACK)."""
+"""VoicePool, RenderCache and the renderer, on real renders of a random test bundle (no JACK).
+
+A note-on without a velocity has the timbre of velocity 100 (``DEFAULT_VELOCITY``): half the
+mf layer (80), half the ff layer (120); ``voice.slot.a`` is the mf layer's render."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import torch
 from waeserver.bundle import load_bundle, make_test_bundle
 from waeserver.cache import RenderCache
 from waeserver.faders import ControlState
-from waeserver.renderer import LOOP_S, Renderer, shape_note
+from waeserver.renderer import LOOP_S, VELOCITIES, Renderer, layer_velocities, shape_note
 from waeserver.voices import FADING, FREE, PENDING, PLAYING, RELEASED, NotQueued, VoicePool
 
 RATE = 48000
@@ -24,9 +27,9 @@ def bundle(tmp_path_factory):
 
 @pytest.fixture
 def engine(bundle):
-    """A filled cache, its renderer and a pool at 48 kHz."""
+    """A filled cache (the three layers of five pitches), its renderer and a pool at 48 kHz."""
     state = ControlState(bundle.styles, bundle.latent_size)
-    cache = RenderCache(bundle.pitch_range)
+    cache = RenderCache(bundle.pitch_range, velocities=layer_velocities(bundle))
     renderer = Renderer(bundle, state, cache, RATE, seed=0)
     renderer.retarget()
     for p in (60, 62, 64, 65, 67):
@@ -47,14 +50,18 @@ def play(pool: VoicePool, periods: int, events=()) -> np.ndarray:
 
 def test_render_is_resampled_once_and_faded(engine, bundle):
     _, cache, _, _ = engine
-    audio = cache.notes[60].wave
-    assert audio.dtype == np.float32 and audio.ndim == 1
-    assert len(audio) <= bundle.n_samples * RATE // bundle.sample_rate + 1
-    assert np.sqrt(np.mean(audio ** 2)) > 1e-4
-    if cache.notes[60].loop < 0:
-        assert audio[-1] == 0.0                   # faded out, so a voice can end on it
-    else:                                         # ends where its loop takes over
-        assert len(audio) == int(LOOP_S[1] * RATE) and cache.notes[60].loop == int(LOOP_S[0] * RATE)
+    assert cache.velocities == VELOCITIES and len(cache.notes[60]) == 3   # the test card names none
+    assert len({note.loop for note in cache.notes[60]}) == 1             # the layers loop, or not, together
+    for note in cache.notes[60]:
+        audio = note.wave
+        assert audio.dtype == np.float32 and audio.ndim == 1
+        assert len(audio) <= bundle.n_samples * RATE // bundle.sample_rate + 1
+        assert np.sqrt(np.mean(audio ** 2)) > 1e-4
+        if note.loop < 0:
+            assert audio[-1] == 0.0               # faded out, so a voice can end on it
+        else:                                     # ends where its loop takes over
+            assert len(audio) == int(LOOP_S[1] * RATE) and note.loop == int(LOOP_S[0] * RATE)
+    assert cache.nbytes() == sum(n.wave.nbytes for p in (60, 62, 64, 65, 67) for n in cache.notes[p])
 
 
 def _tone(decay_s: float | None, seconds: float = 1.5, hz: float = 220.0) -> np.ndarray:
@@ -87,8 +94,8 @@ def test_a_held_note_loops_until_released_without_a_click(engine):
     _, cache, _, pool = engine
     wave = _tone(None)
     note = shape_note(wave, RATE)
-    cache.notes[60] = note
-    assert pool.publish(60, note) and cache.fresh[60]
+    cache.notes[60] = (note,) * 3
+    assert pool.publish(60, cache.notes[60]) and cache.fresh[60]
     seconds = 3.0
     out = play(pool, int(seconds * RATE / PERIOD) + 40, [(0, "note_on", (60, 1.0)),
                                                          (int(seconds * RATE), "note_off", (60,))])
@@ -113,11 +120,21 @@ def test_note_starts_on_its_frame_and_is_silent_after_release(engine):
     assert ("n_go", 60) in pool.events and ("n_end", 60) in pool.events
 
 
-def test_velocity_gain_scales_the_render(engine):
-    _, cache, _, pool = engine
-    out = play(pool, 4, [(0, "note_on", (60, 0.5))])
-    n = len(out)
-    np.testing.assert_allclose(out, 0.5 * cache.notes[60].wave[:n], atol=1e-6)
+def test_velocity_picks_and_blends_layers_and_gain_scales_them(engine):
+    """On a layer's velocity a note plays that layer; between two, both, in proportion; beyond the
+    outer ones, the outer one. The gain (the velocity curve's) scales whatever it plays."""
+    _, cache, _, _ = engine
+    soft, mf, ff = (note.wave for note in cache.notes[60])
+    n = 4 * PERIOD
+    for velocity, expected in [(40, soft), (1, soft), (120, ff), (127, ff), (60, 0.5 * soft + 0.5 * mf),
+                               (110, 0.25 * mf + 0.75 * ff)]:
+        pool = VoicePool(RATE, cache, polyphony=3)
+        out = play(pool, 4, [(0, "note_on", (60, 0.5, -1, velocity))])
+        if velocity in (40, 1, 120, 127):        # one layer: its very samples, scaled
+            np.testing.assert_array_equal(out, 0.5 * expected[:n])
+        else:
+            np.testing.assert_allclose(out, 0.5 * expected[:n], atol=1e-6)
+    assert np.abs(soft[:n] - ff[:n]).max() > 10 * 1e-6 / 0.5   # the layers differ, so this tells them apart
 
 
 def test_sustain_holds_released_notes_until_pedal_up(engine):
@@ -201,14 +218,15 @@ def test_stale_note_plays_stand_in_then_crossfades_to_the_new_render(engine):
     renderer.retarget()
     assert not cache.fresh[60]
     cache.expected_ms = 50.0                      # a render takes longer than the 10 ms budget
-    standin = cache.notes[60].wave
+    standin = cache.notes[60][1].wave
     play(pool, 1, [(0, "note_on", (60, 1.0))])
     voice = next(v for v in pool.voices if v.state == PLAYING)
     assert pool.audio(voice) is standin and pool.standins == 1 and pool.misses == 1
     assert 60 in cache.pop_requests()
     renderer.render_now([60])
     play(pool, 1)
-    assert pool.audio(voice) is cache.notes[60].wave and pool.audio(voice) is not standin
+    assert pool.audio(voice) is cache.notes[60][1].wave and pool.audio(voice) is not standin
+    assert pool.audio(voice, "slot", "b") is cache.notes[60][2].wave
     assert pool.audio(voice, "old") is standin
     play(pool, 3)
     assert pool.audio(voice, "old") is None
@@ -229,7 +247,7 @@ def test_stale_note_waits_within_budget_for_a_fast_render(engine):
     assert voice.state == PENDING and voice.pos == 0.0
     renderer.render_now(cache.pop_requests())
     play(pool, 1)
-    assert voice.state == PLAYING and pool.audio(voice) is cache.notes[62].wave
+    assert voice.state == PLAYING and pool.audio(voice) is cache.notes[62][1].wave
     assert pool.standins == standins
     play(pool, 1, [(0, "note_on", (65, 1.0))])    # nothing arrives: the last render, at the deadline
     late = next(v for v in pool.voices if v.pitch == 65 and v.state != FREE)
@@ -255,13 +273,13 @@ def test_per_note_mode_uses_each_draw_once(engine):
     state.set_z_mode("per-note")
     renderer.retarget()
     renderer.render_now([60], priority=False)
-    first = cache.notes[60].wave
+    first = cache.notes[60][1].wave
     hits = pool.hits
     play(pool, 1, [(0, "note_on", (60, 1.0))])
     voice = next(v for v in pool.voices if v.state == PLAYING)
     assert pool.hits == hits + 1 and pool.audio(voice) is first and not cache.fresh[60]
     renderer.render_now(cache.pop_requests(), priority=False)
-    assert cache.fresh[60] and not np.array_equal(cache.notes[60].wave[:4096], first[:4096])
+    assert cache.fresh[60] and not np.array_equal(cache.notes[60][1].wave[:4096], first[:4096])
 
 
 def test_refill_renders_recently_played_pitches_first(engine):
@@ -270,11 +288,11 @@ def test_refill_renders_recently_played_pitches_first(engine):
     state.set_style(state.style_names[2], 1.0)
     renderer.retarget()
     assert cache.stale()[:2] == [62, 65]
-    renderer.note_ms = renderer.slice_ms          # a refill note takes the whole budget: one at a time
+    renderer.pitch_ms = renderer.slice_ms         # a refill pitch takes the whole budget: one at a time
     assert renderer.refill_batch() == 1
     assert renderer.step() and cache.fresh[62] and not cache.fresh[65]
     assert renderer.step() and cache.fresh[65]
-    renderer.note_ms = renderer.slice_ms / 100    # a fast device: full batches
+    renderer.pitch_ms = renderer.slice_ms / 100   # a fast device: full batches
     assert renderer.refill_batch() == renderer.batch
 
 
@@ -295,8 +313,8 @@ def test_a_chord_on_many_frames_mixes_each_voice_once_per_event(engine):
     alone = play(new, 1, [(150, "note_on", (64, 1.0))])
     assert not alone[:150].any() and alone[150:].any()
     reference = np.zeros(PERIOD, np.float32)
-    for p in (60, 62):
-        reference += pool.cache.notes[p].wave[PERIOD:2 * PERIOD]
+    for p in (60, 62):                            # velocity 100: half mf, half ff
+        reference += sum(0.5 * note.wave[PERIOD:2 * PERIOD] for note in pool.cache.notes[p][1:])
     np.testing.assert_allclose(out, np.clip(reference + alone, -1, 1), atol=1e-6)
 
 
@@ -315,18 +333,18 @@ def test_bend_and_pedal_take_effect_on_their_frame(engine):
 
 def test_renders_are_let_go_once_no_voice_or_pitch_uses_them(engine):
     state, cache, renderer, pool = engine
-    held = len(pool._notes)                        # one render per cached pitch
+    held = len(pool._notes)                        # one render per cached pitch and layer
     play(pool, 1, [(0, "note_on", (60, 1.0))])
     voice = next(v for v in pool.voices if v.state == PLAYING)
     first = pool.audio(voice)
     for _ in range(3):                             # newer renders of 60 replace each other in the table
         renderer.render_now([60], priority=False)
     play(pool, 1)
-    assert len(pool._notes) == held + 1 and pool.audio(voice) is first   # the voice keeps its own
+    assert len(pool._notes) == held + 2 and pool.audio(voice) is first   # the voice keeps its two layers
     play(pool, 1, [(0, "note_off", (60,))])
     play(pool, int(pool.release * RATE / PERIOD) + 2)
     assert pool.sounding() == 0 and len(pool._notes) == held
-    assert all(pool.current[p] >= 0 for p in (60, 62, 64, 65, 67))
+    assert (pool.current[[60, 62, 64, 65, 67], :3] >= 0).all() and (pool.current[:, 3:] == -1).all()
 
 
 def test_periods_longer_than_the_buffers_are_mixed_in_pieces(engine):

@@ -15,7 +15,9 @@
  *   requests (audio -> renderer): pitches to render now, per-note draws used up.
  * A render is a float array owned by Python; its slot holds a pointer, a length and a loop start,
  * and a reference count (the pitch table and each voice using it). When the count drops to zero
- * the slot is handed back through the events ring, and only then may Python free the array.
+ * the slot is handed back through the events ring, and only then may Python free the array. Each
+ * pitch has one render per velocity layer; a voice blends the two layers around its velocity
+ * (their timbre: its level is the velocity curve's gain).
  *
  * The voice logic follows waeserver/voices.py's documentation: a free voice, else the oldest
  * released, else the oldest of the same pitch, else the oldest; stolen voices fade over 5 ms in a
@@ -38,6 +40,7 @@
 #include <unistd.h>
 
 #define N_PITCHES 128
+#define MAX_LAYERS 8       /* velocity layers of one pitch */
 #define MAX_SLOTS 4096
 #define CMD_RING 8192      /* powers of two */
 #define EVENT_RING 16384
@@ -57,11 +60,11 @@
 #define LIMIT_RELEASE_S 0.3
 
 enum { FREE, PENDING, PLAYING, RELEASED, FADING };
-enum { C_NOTE_ON = 1, C_NOTE_OFF, C_SUSTAIN, C_BEND, C_PANIC, C_ALL_OFF, C_SYNC, C_PUBLISH, C_CLEAR, C_MIDI };
+enum { C_NOTE_ON = 1, C_NOTE_OFF, C_SUSTAIN, C_BEND, C_PANIC, C_ALL_OFF, C_SYNC, C_PUBLISH, C_CLEAR, C_MIDI, C_LAYERS };
 enum { E_GO = 1, E_END, E_SYNCED, E_FREED, E_CONTROL };
 enum { R_RENDER = 1, R_TAKEN };
 
-typedef struct { int32_t kind, at, a, b; int64_t x, y; double f; } Command;
+typedef struct { int32_t kind, at, a, b, c, d; int64_t x, y; double f; } Command;
 typedef struct { int32_t kind, a, b, c; } Event;
 typedef struct { int32_t kind, pitch; } Request;
 
@@ -70,6 +73,7 @@ typedef struct {
     double gain, release, bend_range, budget_ms, expected_ms;
     int32_t per_note, channel, low, high, wake_fd, pad;
     float velocity[128];
+    float layer_velocity[MAX_LAYERS];    /* read by C_LAYERS, not live */
 } Params;
 
 typedef struct {
@@ -79,9 +83,14 @@ typedef struct {
     int64_t took_ns[TIMED_PERIODS];      /* JACK callback durations */
 } Stats;
 
+/* The renders of the two velocity layers a voice blends: layer ``layer`` and the one above (b: -1
+ * when the voice's velocity sits on a layer or beyond the outer ones). */
+typedef struct { int32_t a, b; } Pair;
+
 typedef struct {
-    int32_t state, pitch, held, sustained, waiting, slot, old, standin, xfade, done;
-    double pos, level, slope, gain;
+    int32_t state, pitch, held, sustained, waiting, layer, xfade, done;
+    Pair slot, old, standin;
+    double pos, level, slope, gain, blend;   /* pos: frames into the note, unwrapped; blend: b's weight */
     int64_t age, released_at, on_frame, wait, hold;
 } Voice;
 
@@ -103,7 +112,9 @@ typedef struct {
     Stats stats;
     uint8_t fresh[N_PITCHES];            /* written by Python (the cache), cleared here by per-note takes */
     int64_t played[N_PITCHES];           /* note counter per pitch: refill the most recently played first */
-    int32_t current[N_PITCHES];          /* slot of each pitch's latest render, -1 none */
+    int32_t current[N_PITCHES][MAX_LAYERS];  /* slot of each pitch's latest render per layer, -1 none */
+    int32_t n_layers;
+    float layer_velocity[MAX_LAYERS];    /* MIDI velocity of each layer, ascending */
     int32_t rate, polyphony, n_voices, max_period, fade, xfade_len, sustain_on, n;
     double ratio, gain_now;
     double limit_env, limit_release;     /* the limiter's peak level and its decay per frame */
@@ -115,7 +126,7 @@ typedef struct {
     Command commands[CMD_RING];
     Event events[EVENT_RING];
     Request requests[REQUEST_RING];
-    float *buf, *src, *old;
+    float *buf, *src, *old, *tmp;
     /* JACK */
     void *out_1, *out_2, *midi_in;
     port_buffer_fn port_buffer;
@@ -163,6 +174,8 @@ static void ref(Pool *p, int32_t s) { if (s >= 0) p->slots[s].refs++; }
 static void unref(Pool *p, int32_t s) {
     if (s >= 0 && --p->slots[s].refs == 0) emit(p, E_FREED, s, 0, 0);
 }
+static const Pair NONE = {-1, -1};
+static void unref_pair(Pool *p, Pair *s) { unref(p, s->a); unref(p, s->b); *s = NONE; }
 
 /* --- voices ------------------------------------------------------------------------------------- */
 static void voice_begin(Voice *v, int32_t pitch, double gain, int64_t age, int64_t on_frame, int64_t hold) {
@@ -170,14 +183,14 @@ static void voice_begin(Voice *v, int32_t pitch, double gain, int64_t age, int64
     v->pos = 0.0; v->level = 1.0; v->slope = 0.0;
     v->held = 1; v->sustained = 0; v->waiting = 0;
     v->released_at = 0; v->wait = 0; v->xfade = 0;
-    v->slot = v->old = v->standin = -1;
+    v->layer = 0; v->blend = 0.0;
+    v->slot = v->old = v->standin = NONE;
 }
 
 static void end_voice(Pool *p, Voice *v) {
     if (v->state == PLAYING || v->state == RELEASED || v->state == FADING) emit(p, E_END, v->pitch, 0, 0);
     v->state = FREE;
-    unref(p, v->slot); unref(p, v->old); unref(p, v->standin);
-    v->slot = v->old = v->standin = -1;
+    unref_pair(p, &v->slot); unref_pair(p, &v->old); unref_pair(p, &v->standin);
 }
 
 static void release_voice(Pool *p, Voice *v) {
@@ -200,8 +213,8 @@ static void record_latency(Pool *p, int64_t frames) {
     p->stats.n_latency++;
 }
 
-/* Start v on slot s (the voice's reference moves in from the caller). */
-static void play(Pool *p, Voice *v, int32_t s, int at) {
+/* Start v on the renders s (the voice's references move in from the caller). */
+static void play(Pool *p, Voice *v, Pair s, int at) {
     v->slot = s;
     v->state = PLAYING;
     record_latency(p, p->stats.frame + at - v->on_frame);
@@ -212,8 +225,8 @@ static void play(Pool *p, Voice *v, int32_t s, int at) {
 static void play_standin(Pool *p, Voice *v, int at) {
     p->stats.standins++;
     v->waiting = 1;
-    int32_t s = v->standin;
-    v->standin = -1;
+    Pair s = v->standin;
+    v->standin = NONE;
     play(p, v, s, at);
 }
 
@@ -240,6 +253,40 @@ static int read_slot(Pool *p, int32_t s, double pos, int n, float *out) {
     return k;
 }
 
+/* n frames of slot s from pos, frames into the note, into out: a looping render goes back to its
+ * loop start whenever it reaches its end; frames past the end of one that does not are zeros. How
+ * many frames the render filled. */
+static int read_at(Pool *p, int32_t s, double pos, int n, float *out) {
+    const Slot *slot = &p->slots[s];
+    double ratio = p->ratio, span = (double)(slot->length - slot->loop), last = (double)(slot->length - 1);
+    if (slot->loop >= 0 && pos > last) pos -= span * ceil((pos - last) / span);
+    if (pos < 0.0) pos = 0.0;   /* rounding just above: never before the first frame */
+    int k = read_slot(p, s, pos, n, out);
+    if (slot->loop >= 0) {
+        pos += k * ratio;
+        while (k < n) {
+            pos -= span;
+            int got = read_slot(p, s, pos, n - k, out + k);
+            if (got == 0) break;
+            pos += got * ratio;
+            k += got;
+        }
+    }
+    if (k < n) memset(out + k, 0, (size_t)(n - k) * sizeof(float));
+    return k;
+}
+
+/* n frames of a voice's two layers s at pos, b weighted by blend, into out; frames either filled. */
+static int read_pair(Pool *p, Pair s, double blend, double pos, int n, float *out) {
+    int k = read_at(p, s.a, pos, n, out);
+    if (s.b < 0 || blend <= 0.0) return k;
+    float *b = p->tmp;
+    int kb = read_at(p, s.b, pos, n, b);
+    float wa = (float)(1.0 - blend), wb = (float)blend;
+    for (int j = 0; j < n; j++) out[j] = out[j] * wa + b[j] * wb;
+    return kb > k ? kb : k;
+}
+
 static void mix_voice(Pool *p, Voice *v, int start, int end) {
     int n = end - start;
     p->stats.mixes++;
@@ -251,31 +298,17 @@ static void mix_voice(Pool *p, Voice *v, int start, int end) {
         }
     }
     float *src = p->src;
-    double ratio = p->ratio;
-    const Slot *slot = &p->slots[v->slot];
-    int k = read_slot(p, v->slot, v->pos, n, src);
-    double pos = v->pos + k * ratio;
-    if (k < n && slot->loop >= 0) {   /* a sustained note goes back to its loop start */
-        double span = (double)(slot->length - slot->loop);
-        while (k < n) {
-            pos -= span;
-            int got = read_slot(p, v->slot, pos, n - k, src + k);
-            pos += got * ratio;
-            k += got;
-            if (got == 0) break;
-        }
-    }
-    if (v->xfade > 0 && v->old >= 0) {   /* from a stand-in to the fresh render */
+    int k = read_pair(p, v->slot, v->blend, v->pos, n, src);
+    if (v->xfade > 0 && v->old.a >= 0) {   /* from a stand-in to the fresh render */
         int kx = k < v->xfade ? k : v->xfade;
         float *old = p->old;
-        int ko = read_slot(p, v->old, v->pos, kx, old);
-        for (int j = ko; j < kx; j++) old[j] = 0.0f;
+        read_pair(p, v->old, v->blend, v->pos, kx, old);
         for (int j = 0; j < kx; j++) {
             double w = (double)v->xfade / p->xfade_len - (double)(j + 1) / p->xfade_len;
             src[j] += (float)((double)(old[j] - src[j]) * w);
         }
         v->xfade -= kx;
-        if (v->xfade <= 0) { unref(p, v->old); v->old = -1; }
+        if (v->xfade <= 0) unref_pair(p, &v->old);
     }
     float *out = p->buf + start;
     if (v->slope != 0.0) {
@@ -291,7 +324,7 @@ static void mix_voice(Pool *p, Voice *v, int start, int end) {
         float g = (float)(v->gain * v->level);
         for (int j = 0; j < k; j++) out[j] += src[j] * g;
     }
-    v->pos = pos;
+    v->pos += k * p->ratio;
     if (k < n) end_voice(p, v);
 }
 
@@ -305,44 +338,66 @@ static void upto(Pool *p, Voice *v, int end) {
 }
 
 /* --- the render table -------------------------------------------------------------------------- */
-/* The slot to play for a note-on of pitch (a reference for the caller), and whether it is fresh. */
-static int32_t take(Pool *p, int32_t pitch, int *fresh) {
+/* Layer and blend for a velocity: between the two nearest layers, linearly; the outer ones beyond. */
+static void pick_layers(Pool *p, double velocity, Voice *v) {
+    const float *lv = p->layer_velocity;
+    int n = p->n_layers;
+    v->layer = 0;
+    v->blend = 0.0;
+    if (n <= 1 || velocity <= lv[0]) return;
+    for (int i = 0; i + 1 < n; i++) {
+        if (velocity < lv[i + 1]) {
+            v->layer = i;
+            v->blend = (velocity - lv[i]) / (lv[i + 1] - lv[i]);
+            return;
+        }
+    }
+    v->layer = n - 1;
+}
+
+/* The latest render of a pitch's layer, else of its nearest layer that has one; -1 none. */
+static int32_t layer_slot(Pool *p, int32_t pitch, int layer) {
+    for (int d = 0; d < p->n_layers; d++) {
+        if (layer - d >= 0 && p->current[pitch][layer - d] >= 0) return p->current[pitch][layer - d];
+        if (layer + d < p->n_layers && p->current[pitch][layer + d] >= 0) return p->current[pitch][layer + d];
+    }
+    return -1;
+}
+
+/* The renders for a note-on of v (references for the caller), and whether they are fresh. */
+static Pair take(Pool *p, Voice *v, int *fresh) {
+    int32_t pitch = v->pitch;
     p->played[pitch] = ++p->stats.notes;
-    int32_t s = p->current[pitch];
-    *fresh = s >= 0 && __atomic_load_n(&p->fresh[pitch], __ATOMIC_RELAXED);
+    Pair s = {layer_slot(p, pitch, v->layer), v->blend > 0.0 ? layer_slot(p, pitch, v->layer + 1) : -1};
+    *fresh = s.a >= 0 && __atomic_load_n(&p->fresh[pitch], __ATOMIC_RELAXED);
     if (*fresh && p->params.per_note) {   /* this draw is used up: the next note gets another */
         __atomic_store_n(&p->fresh[pitch], 0, __ATOMIC_RELAXED);
         ask(p, R_TAKEN, pitch);
     }
-    ref(p, s);
+    ref(p, s.a);
+    ref(p, s.b);
     return s;
 }
 
+/* Every layer of pitch has a new render: voices waiting for one take theirs. */
 static void arrived(Pool *p, int32_t pitch) {
-    int32_t s = p->current[pitch];
     for (int i = 0; i < p->n_voices; i++) {
         Voice *v = &p->voices[i];
-        if (v->pitch != pitch || v->state == FREE) continue;
+        if (v->pitch != pitch || v->state == FREE || (v->state != PENDING && !v->waiting)) continue;
+        int fresh;
+        Pair s = take(p, v, &fresh);
+        if (s.a < 0) { unref_pair(p, &s); continue; }   /* a layer this pool does not have */
         if (v->state == PENDING) {
-            unref(p, v->standin);
-            v->standin = -1;
-            ref(p, s);
+            unref_pair(p, &v->standin);
             play(p, v, s, 0);
-        } else if (v->waiting) {
-            unref(p, v->old);
+        } else {
+            unref_pair(p, &v->old);
             v->old = v->slot;
             v->xfade = p->xfade_len;
-            ref(p, s);
             v->slot = s;
-        } else {
-            continue;
         }
         v->waiting = 0;
-        if (p->params.per_note) {   /* this draw is this note's now */
-            int fresh;
-            unref(p, take(p, pitch, &fresh));
-            return;
-        }
+        if (p->params.per_note) return;   /* this draw is this note's now (take used it up) */
     }
 }
 
@@ -385,13 +440,15 @@ static Voice *allocate(Pool *p, int32_t pitch, int at) {
     return quiet;
 }
 
-static void note_on(Pool *p, int32_t pitch, double gain, int at, int64_t hold) {
+/* pitch at gain (after the velocity curve), its timbre from the layers around velocity (MIDI 1..127). */
+static void note_on(Pool *p, int32_t pitch, double gain, int32_t velocity, int at, int64_t hold) {
     if (pitch < p->params.low || pitch > p->params.high) { p->stats.out_of_range++; return; }
     Voice *v = allocate(p, pitch, at);
     voice_begin(v, pitch, gain, ++p->age, p->stats.frame + at, hold);
+    pick_layers(p, velocity, v);
     v->done = at;
     int fresh;
-    int32_t s = take(p, pitch, &fresh);
+    Pair s = take(p, v, &fresh);
     if (fresh) { p->stats.hits++; play(p, v, s, at); return; }
     p->stats.misses++;
     ask(p, R_RENDER, pitch);
@@ -400,7 +457,7 @@ static void note_on(Pool *p, int32_t pitch, double gain, int at, int64_t hold) {
      * can only be picked up at the start of a later period, before the deadline. */
     double wait_ms = p->params.budget_ms - 1000.0 * p->n / p->rate;
     int64_t deadline = v->on_frame + (int64_t)(wait_ms * p->rate / 1000.0);
-    if (s < 0 || (p->params.expected_ms <= wait_ms && deadline >= p->stats.frame + p->n)) {
+    if (s.a < 0 || (p->params.expected_ms <= wait_ms && deadline >= p->stats.frame + p->n)) {
         v->state = PENDING;
         v->wait = deadline;
     } else {
@@ -467,7 +524,7 @@ static void midi(Pool *p, const uint8_t *data, int size, int at) {
     if (size < need || data[1] > 127 || (need == 3 && data[2] > 127)) { p->stats.dropped++; return; }
     if (p->params.channel && (status & 0x0F) != p->params.channel - 1) return;
     if (kind == 0x90 && data[2] > 0) {
-        note_on(p, data[1], p->params.velocity[data[2]], at, -1);
+        note_on(p, data[1], p->params.velocity[data[2]], data[2], at, -1);
     } else if (kind == 0x80 || kind == 0x90) {
         note_off(p, data[1], at);
     } else if (kind == 0xB0) {
@@ -482,28 +539,41 @@ static void midi(Pool *p, const uint8_t *data, int size, int at) {
     }
 }
 
-static void publish(Pool *p, int32_t pitch, int32_t s, const Command *c) {
+/* Slot s holds the new render of pitch's layer; with the last of its layers, voices waiting get them. */
+static void publish(Pool *p, int32_t pitch, int32_t s, int32_t layer, int last, const Command *c) {
     p->slots[s].wave = (const float *)(intptr_t)c->x;
     p->slots[s].length = c->y;
     p->slots[s].loop = (int64_t)c->f;
     p->slots[s].refs = 1;   /* the table's */
-    unref(p, p->current[pitch]);
-    p->current[pitch] = s;
-    arrived(p, pitch);
+    if (layer < 0 || layer >= MAX_LAYERS) { unref(p, s); return; }
+    unref(p, p->current[pitch][layer]);
+    p->current[pitch][layer] = s;
+    if (last) arrived(p, pitch);
+}
+
+/* The layers' velocities from the parameters, n of them; renders of layers beyond are let go. */
+static void set_layers(Pool *p, int n) {
+    n = n < 1 ? 1 : (n > MAX_LAYERS ? MAX_LAYERS : n);
+    for (int i = 0; i < N_PITCHES; i++)
+        for (int l = n; l < MAX_LAYERS; l++) { unref(p, p->current[i][l]); p->current[i][l] = -1; }
+    memcpy(p->layer_velocity, p->params.layer_velocity, sizeof p->layer_velocity);
+    p->n_layers = n;
 }
 
 static void apply(Pool *p, const Command *c, int at) {
     switch (c->kind) {
-    case C_NOTE_ON: note_on(p, c->a, c->f, at, c->x); break;
+    case C_NOTE_ON: note_on(p, c->a, c->f, c->c, at, c->x); break;
     case C_NOTE_OFF: note_off(p, c->a, at); break;
     case C_SUSTAIN: sustain(p, c->a, at); break;
     case C_BEND: bend(p, c->a, at); break;
     case C_PANIC: panic(p, at); break;
     case C_ALL_OFF: all_notes_off(p, at); break;
     case C_SYNC: emit(p, E_SYNCED, c->a, 0, 0); break;
-    case C_PUBLISH: publish(p, c->a, c->b, c); break;
+    case C_PUBLISH: publish(p, c->a, c->b, c->c, c->d, c); break;
+    case C_LAYERS: set_layers(p, c->a); break;
     case C_CLEAR:
-        for (int i = 0; i < N_PITCHES; i++) { unref(p, p->current[i]); p->current[i] = -1; }
+        for (int i = 0; i < N_PITCHES; i++)
+            for (int l = 0; l < MAX_LAYERS; l++) { unref(p, p->current[i][l]); p->current[i][l] = -1; }
         break;
     case C_MIDI: {
         uint8_t data[3] = {(uint8_t)c->a, (uint8_t)c->b, (uint8_t)c->x};   /* bytes, from JACK or Python */
@@ -566,7 +636,7 @@ static void begin(Pool *p, int n) {
     int64_t end = p->stats.frame + n;
     for (int i = 0; i < p->n_voices; i++) {   /* waited as long as the budget allows: the last render */
         Voice *v = &p->voices[i];
-        if (v->state == PENDING && v->standin >= 0 && v->wait < end) play_standin(p, v, 0);
+        if (v->state == PENDING && v->standin.a >= 0 && v->wait < end) play_standin(p, v, 0);
     }
 }
 
@@ -608,14 +678,18 @@ Pool *voices_new(int rate, int polyphony, int max_period) {
     p->buf = calloc((size_t)max_period, sizeof(float));
     p->src = calloc((size_t)max_period, sizeof(float));
     p->old = calloc((size_t)max_period, sizeof(float));
-    if (!p->voices || !p->buf || !p->src || !p->old) {
-        free(p->voices); free(p->buf); free(p->src); free(p->old); free(p);
+    p->tmp = calloc((size_t)max_period, sizeof(float));
+    if (!p->voices || !p->buf || !p->src || !p->old || !p->tmp) {
+        free(p->voices); free(p->buf); free(p->src); free(p->old); free(p->tmp); free(p);
         return NULL;
     }
     for (int i = 0; i < p->n_voices; i++) {
-        p->voices[i].slot = p->voices[i].old = p->voices[i].standin = p->voices[i].pitch = -1;
+        p->voices[i].slot = p->voices[i].old = p->voices[i].standin = NONE;
+        p->voices[i].pitch = -1;
     }
-    for (int i = 0; i < N_PITCHES; i++) p->current[i] = -1;
+    for (int i = 0; i < N_PITCHES; i++)
+        for (int l = 0; l < MAX_LAYERS; l++) p->current[i][l] = -1;
+    p->n_layers = 1;
     p->ratio = 1.0;
     p->params.gain = p->gain_now = 1.0;
     p->params.release = 0.3;
@@ -632,7 +706,7 @@ Pool *voices_new(int rate, int polyphony, int max_period) {
 
 void voices_free(Pool *p) {
     if (!p) return;
-    free(p->voices); free(p->buf); free(p->src); free(p->old);
+    free(p->voices); free(p->buf); free(p->src); free(p->old); free(p->tmp);
     free(p);
 }
 
@@ -641,7 +715,7 @@ Stats *voices_stats(Pool *p) { return &p->stats; }
 Voice *voices_voices(Pool *p) { return p->voices; }
 uint8_t *voices_fresh(Pool *p) { return p->fresh; }
 int64_t *voices_played(Pool *p) { return p->played; }
-int32_t *voices_current(Pool *p) { return p->current; }
+int32_t *voices_current(Pool *p) { return &p->current[0][0]; }
 double voices_ratio(Pool *p) { return p->ratio; }
 int voices_sustain_on(Pool *p) { return p->sustain_on; }
 int voices_sizes(int what) {   /* for the Python side's check of its mirror of these structs */
@@ -652,15 +726,17 @@ int voices_sizes(int what) {   /* for the Python side's check of its mirror of t
     case 3: return (int)sizeof(Command);
     case 4: return N_PITCHES;
     case 5: return MAX_SLOTS;
+    case 6: return MAX_LAYERS;
     default: return 0;
     }
 }
 
 /* Queue a command for the next period (one producer at a time: the caller serialises). */
-int voices_command(Pool *p, int32_t kind, int32_t at, int32_t a, int32_t b, int64_t x, int64_t y, double f) {
+int voices_command(Pool *p, int32_t kind, int32_t at, int32_t a, int32_t b, int32_t c_, int32_t d, int64_t x,
+                   int64_t y, double f) {
     if (!ring_space(&p->cmd_ring, CMD_RING)) return 0;
     Command *c = &p->commands[p->cmd_ring.head & (CMD_RING - 1)];
-    c->kind = kind; c->at = at; c->a = a; c->b = b; c->x = x; c->y = y; c->f = f;
+    c->kind = kind; c->at = at; c->a = a; c->b = b; c->c = c_; c->d = d; c->x = x; c->y = y; c->f = f;
     ring_published(&p->cmd_ring);
     return 1;
 }

@@ -1,7 +1,10 @@
-"""The render-ahead cache: one rendered note per playable MIDI pitch, at the output sample rate.
+"""The render-ahead cache: the rendered notes of every playable MIDI pitch, one per velocity
+layer, at the output sample rate.
 
 Policy (see docs/live.md): for the current control target (style faders and latent point) the
-cache holds a render of every pitch in the model's range. An entry is *fresh* when it was rendered
+cache holds a render of every pitch in the model's range at each of its layers' velocities (a
+note blends the two layers around its velocity); a pitch's layers are rendered, published and
+fresh together. An entry is *fresh* when it was rendered
 for a target within ``jitter`` of the current one (largest difference over faders and latent
 values), so a fader that wobbles by less than that does not cost a refill. In ``per-note`` z mode
 each entry holds a note drawn with its own latent point, fresh until it is played once.
@@ -26,7 +29,6 @@ import numpy as np
 from waeserver.voices import N_PITCHES, R_TAKEN
 
 
-
 class Note(NamedTuple):
     """One rendered note at the output rate: ``wave [T]`` float32, and ``loop``, the frame a voice
     goes back to when it reaches the end of ``wave`` (a sustained note loops for as long as it is
@@ -37,18 +39,20 @@ class Note(NamedTuple):
 
 
 class RenderCache:
-    """Per-pitch renders ``notes[p]`` (a :class:`Note` at the output rate, or None) and their freshness.
+    """Per-pitch renders ``notes[p]`` (a tuple of one :class:`Note` per layer at the output rate,
+    softest first, or None) and their freshness; ``velocities`` are the layers' MIDI velocities.
 
     ``played[p]`` is a note counter used to refill the most recently played pitches first.
     :meth:`attach` hands the cache to a :class:`~waeserver.voices.VoicePool`, whose note-ons ask
     for renders (:meth:`pop_requests`).
     """
 
-    def __init__(self, pitch_range: tuple[int, int], jitter: float = 0.01):
+    def __init__(self, pitch_range: tuple[int, int], jitter: float = 0.01, velocities=(100,)):
         self.low, self.high = int(pitch_range[0]), int(pitch_range[1])
         self.jitter = float(jitter)
+        self.velocities = tuple(int(v) for v in velocities)
         self.lock = threading.Lock()
-        self.notes: list[Note | None] = [None] * N_PITCHES
+        self.notes: list[tuple[Note, ...] | None] = [None] * N_PITCHES
         # what each render was made for, as rows, so a retarget is a few array operations
         self.has_key = np.zeros(N_PITCHES, bool)
         self.key_styles = np.zeros((N_PITCHES, 0), np.float32)
@@ -70,6 +74,10 @@ class RenderCache:
     def pitches(self) -> range:
         return range(self.low, self.high + 1)
 
+    def nbytes(self) -> int:
+        """Bytes of samples held, every pitch and layer."""
+        return sum(note.wave.nbytes for layers in self.notes if layers is not None for note in layers)
+
     @property
     def expected_ms(self) -> float:
         """Recent time of a priority render; the voices compare it to their latency budget."""
@@ -89,6 +97,7 @@ class RenderCache:
             with old.lock:
                 old.fresh, old.played, old.pool = old.fresh.copy(), old.played.copy(), None
         with self.lock:
+            pool.set_layers(self.velocities)
             for p in self.pitches():
                 if self.notes[p] is not None:
                     pool.publish(p, self.notes[p])
@@ -147,8 +156,9 @@ class RenderCache:
             self.fresh[rows] = close
         self.wake()
 
-    def publish(self, pitches: list[int], notes: list[Note], key: tuple) -> None:
-        """Store renders of ``pitches`` (distinct) made for ``key = (styles, z or None for per-note draws)``."""
+    def publish(self, pitches: list[int], notes: list[tuple[Note, ...]], key: tuple) -> None:
+        """Store renders of ``pitches`` (distinct; every layer of each) made for ``key = (styles, z or
+        None for per-note draws)``."""
         styles, z = key
         rows = np.asarray(pitches, np.int64)
         with self.lock:

@@ -141,7 +141,7 @@ class Commands:
         hold = -1
         if len(args) > 2:
             hold = max(1, int(osc_float(args[2], "duration", 0.001, 3600.0) * self.inst.pool.rate))
-        self.inst.pool.note_on(pitch, self.inst.velocity_gain(velocity), hold)
+        self.inst.pool.note_on(pitch, self.inst.velocity_gain(velocity), hold, velocity)
 
     def noteon(self, args, sender):
         pitch = self._pitch(args[0])
@@ -149,7 +149,7 @@ class Commands:
         if velocity == 0:
             self.inst.pool.note_off(pitch)
         else:
-            self.inst.pool.note_on(pitch, self.inst.velocity_gain(velocity))
+            self.inst.pool.note_on(pitch, self.inst.velocity_gain(velocity), velocity=velocity)
 
     def noteoff(self, args, sender):
         self.inst.pool.note_off(self._pitch(args[0]))

@@ -30,11 +30,12 @@ from collections.abc import Callable
 from fractions import Fraction
 
 import numpy as np
+import scipy.fft
 import torch
-from scipy.signal import resample_poly
 
 from waeserver.cache import Note, RenderCache
 from waeserver.faders import ControlState
+from waeserver.voices import MAX_LAYERS
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,8 @@ FADE_IN_S = 0.001
 FADE_OUT_S = 0.010
 SILENCE = 1e-4       # trailing samples below this are cut, so voices end when the note has
 PRIORITY_MAX = 16    # pitches in one priority batch
-RENDER_VELOCITY = 0.8  # the model's velocity input; the velocity curve then scales each voice
+VELOCITIES = (40, 80, 120)  # MIDI velocities of the layers when a card names none: the datasets' p, mf, ff
+LAYER_GAIN_MAX = 16.0  # most a layer is raised to the level of its pitch's loudest (a near-silent one is not)
 WORKER_NICE = 19  # where SCHED_IDLE is not available: JACK's and the daemon's threads go first
 REFILL_DUTY = 0.5    # share of one core refills may take, so a morph leaves room for the audio
 LOOP_S = (0.35, 0.75)  # inside the held part of every preset's notes (0.8 s and longer)
@@ -51,35 +53,77 @@ STEADY = (0.8, 1.7)  # a note loops when its level at the loop's end over its le
 LEVEL_S = 0.1        # the stretch over which those levels are measured
 
 
+RESAMPLE_PAD = 1024  # zeros after a note before its transform, so that the transform's wrap-around meets silence
+
+
 def to_rate(wave: np.ndarray, from_rate: int, to_rate_hz: int) -> np.ndarray:
-    """Resample ``wave [B,T]`` from ``from_rate`` to ``to_rate_hz`` (polyphase, exact ratio)."""
+    """Resample ``wave [B,T]`` from ``from_rate`` to ``to_rate_hz`` by the exact ratio, band-limited
+    in the frequency domain: twice as fast as a polyphase filter here, and within -60 dB of one."""
     if from_rate == to_rate_hz:
         return wave.astype(np.float32, copy=False)
     ratio = Fraction(to_rate_hz, from_rate).limit_denominator(1000)
-    return resample_poly(wave, ratio.numerator, ratio.denominator, axis=-1).astype(np.float32)
+    up, down = ratio.numerator, ratio.denominator
+    n = wave.shape[-1]
+    blocks = scipy.fft.next_fast_len(-(-(n + RESAMPLE_PAD) // down))   # lengths with small factors only
+    n_in, n_out = blocks * down, blocks * up
+    spectrum = scipy.fft.rfft(wave, n=n_in, axis=-1, workers=1)
+    out = np.zeros(wave.shape[:-1] + (n_out // 2 + 1,), spectrum.dtype)
+    k = min(spectrum.shape[-1], out.shape[-1])
+    out[..., :k] = spectrum[..., :k]
+    if n_out > n_in and n_in % 2 == 0:   # the input's Nyquist bin stands for two bins of the output
+        out[..., n_in // 2] *= 0.5
+    wave = scipy.fft.irfft(out, n=n_out, axis=-1, workers=1)[..., :-(-n * up // down)]
+    return (wave * (n_out / n_in)).astype(np.float32)
+
+
+def layer_velocities(bundle) -> tuple[int, ...]:
+    """The MIDI velocities to render one velocity layer at for ``bundle``: those it was trained on
+    (its card's ``attributes.velocities``; at most ``MAX_LAYERS``, spread over them), else
+    ``VELOCITIES``; one layer when its decoder ignores velocity."""
+    card = bundle.card
+    if not (card.get("model") or {}).get("use_velocity", True):
+        return (VELOCITIES[-1],)
+    given = (card.get("attributes") or {}).get("velocities")
+    try:
+        found = sorted({int(v) for v in given if 1 <= int(v) <= 127 and int(v) == v})
+    except (TypeError, ValueError):
+        found = []
+    if not found:
+        return VELOCITIES
+    if len(found) > MAX_LAYERS:
+        found = [found[int(i)] for i in np.linspace(0, len(found) - 1, MAX_LAYERS).round()]
+    return tuple(found)
 
 
 def _rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if len(x) else 0.0
 
 
-def shape_note(wave: np.ndarray, rate: int) -> Note:
+def _drift(wave: np.ndarray, rate: int) -> float:
+    """A note's RMS over the loop's last ``LEVEL_S`` over its RMS over the first (0: no loop fits)."""
+    start, end, n_level = int(LOOP_S[0] * rate), int(LOOP_S[1] * rate), int(LEVEL_S * rate)
+    first = _rms(wave[start:start + n_level])
+    return _rms(wave[end - n_level:end]) / first if len(wave) >= end and first > SILENCE else 0.0
+
+
+def shape_note(wave: np.ndarray, rate: int, loop: bool | None = None) -> Note:
     """One note ``[T]`` made ready for the voices: a new contiguous array with a 1 ms fade-in.
 
     A note that holds steady over ``LOOP_S`` (its RMS over the loop's last ``LEVEL_S`` within
-    ``STEADY`` of its RMS over the first) ends at the loop's end. Its loop is levelled (a gain
+    ``STEADY`` of its RMS over the first), or that ``loop`` says should loop, ends at the loop's end.
+    Its loop is levelled (a gain
     ramp makes the end as loud as the start, so holding it does not pump) and the loop's last
     ``LOOP_XFADE_S`` are crossfaded into the frames just before the loop's start, so that going
     back to the start is seamless: it sounds for as long as it is held, and its release is the
     voice's envelope. The crossfade is linear, scaled by the two segments' correlation so that it
     keeps their level whether they are in phase (no swell) or not (no dip). Any other note
-    (plucked, struck, decaying, short) loses its trailing silence and gets a 10 ms fade-out.
+    (plucked, struck, decaying, short, or ``loop`` False) loses its trailing silence and gets a
+    10 ms fade-out.
     """
     start, end = int(LOOP_S[0] * rate), int(LOOP_S[1] * rate)
-    x, n_level = int(LOOP_XFADE_S * rate), int(LEVEL_S * rate)
-    first = _rms(wave[start:start + n_level])
-    drift = _rms(wave[end - n_level:end]) / first if len(wave) >= end and first > SILENCE else 0.0
-    if STEADY[0] <= drift <= STEADY[1]:
+    x = int(LOOP_XFADE_S * rate)
+    drift = _drift(wave, rate)
+    if (STEADY[0] <= drift <= STEADY[1] if loop is None else loop) and drift > 0.0:
         note = np.array(wave[:end], np.float32)
         note[start:] *= np.linspace(1.0, 1.0 / drift, end - start, dtype=np.float32)
         tail, lead = note[end - x:].astype(np.float64), wave[start - x:start].astype(np.float64)
@@ -87,7 +131,7 @@ def shape_note(wave: np.ndarray, rate: int) -> Note:
         w = np.linspace(0.0, 1.0, x)
         gain = 1.0 / np.sqrt((1 - w) ** 2 + w ** 2 + 2 * r * w * (1 - w))
         note[end - x:] = (tail * (1 - w) + lead * w) * gain
-        loop = start
+        loop_at = start
     else:
         loud = np.flatnonzero(np.abs(wave) > SILENCE)
         last = int(loud[-1]) + 1 if len(loud) else 1
@@ -95,29 +139,50 @@ def shape_note(wave: np.ndarray, rate: int) -> Note:
         note = np.array(wave[:min(len(wave), last + fade_out)], np.float32)
         n_out = min(len(note), fade_out)
         note[len(note) - n_out:] *= np.linspace(1.0, 0.0, n_out, dtype=np.float32)
-        loop = -1
+        loop_at = -1
     n_in = min(len(note), max(1, int(FADE_IN_S * rate)))
     note[:n_in] *= np.linspace(0.0, 1.0, n_in + 1, dtype=np.float32)[1:]
-    return Note(note, loop)
+    return Note(note, loop_at)
+
+
+def shape_layers(waves: np.ndarray, rate: int) -> tuple[Note, ...]:
+    """The velocity layers ``[L,T]`` of one pitch, softest first, made ready for the voices.
+
+    Each layer is brought to the level of the loudest (RMS over the note's first ``LOOP_S[1]``;
+    raised at most ``LAYER_GAIN_MAX``), so that the velocity curve alone sets a note's level and the
+    layers only its timbre. They loop or not together, as most of them would on their own, so that
+    a voice blending two of them holds or decays as one note.
+    """
+    head = int(LOOP_S[1] * rate)
+    levels = [_rms(w[:head]) for w in waves]
+    top = max(levels)
+    gains = [min(top / level, LAYER_GAIN_MAX) if level > SILENCE and top > SILENCE else 1.0 for level in levels]
+    waves = [w * np.float32(g) for w, g in zip(waves, gains)]
+    steady = sum(STEADY[0] <= _drift(w, rate) <= STEADY[1] for w in waves)
+    loop = 2 * steady > len(waves)
+    return tuple(shape_note(w, rate, loop) for w in waves)
 
 
 @torch.inference_mode()
-def synthesize_notes(bundle, pitches: list[int], velocity: float, styles: np.ndarray, zs: np.ndarray,
-                     rate: int) -> list[Note]:
-    """Notes of ``bundle`` at ``rate`` Hz, shaped for the voices: ``styles [B,S]``, ``zs [B,D]``."""
+def synthesize_notes(bundle, pitches: list[int], velocities, styles: np.ndarray, zs: np.ndarray,
+                     rate: int) -> list[tuple[Note, ...]]:
+    """Notes of ``bundle`` at ``rate`` Hz, shaped for the voices, one per MIDI velocity of
+    ``velocities`` for each pitch (one batch): ``styles [B,S]``, ``zs [B,D]``."""
     dev = bundle.device
-    b = len(pitches)
-    wave = bundle.synthesize(torch.tensor(pitches, dtype=torch.int64, device=dev),
-                             torch.full((b,), velocity, dtype=torch.float32, device=dev),
-                             torch.from_numpy(styles).to(dev), torch.from_numpy(zs).to(dev))
+    n = len(velocities)
+    rows = lambda a: torch.from_numpy(np.repeat(a, n, axis=0)).to(dev)  # noqa: E731  (every layer of a pitch)
+    wave = bundle.synthesize(rows(np.asarray(pitches, np.int64)),
+                             torch.tensor(velocities, dtype=torch.float32, device=dev).div(127).repeat(len(pitches)),
+                             rows(styles), rows(zs))
     wave = to_rate(wave.float().cpu().numpy(), bundle.sample_rate, rate)
-    return [shape_note(w, rate) for w in wave]
+    return [shape_layers(wave[i:i + n], rate) for i in range(0, len(wave), n)]
 
 
-def _worker_main(conn, path: str, device: str, rate: int, velocity: float) -> None:
+def _worker_main(conn, path: str, device: str, rate: int, velocities: tuple[int, ...]) -> None:
     """The render process: load the bundle, say how long a note can be, map the note bank the
-    daemon made for that, then answer each ``(pitches, styles, zs)`` by writing the notes into the
-    bank's rows and sending ``(loop, length)`` for each (see RenderWorker)."""
+    daemon made for that, then answer each ``(pitches, styles, zs)`` by writing the notes (every
+    layer of each pitch, in turn) into the bank's rows and sending ``(loop, length)`` for each (see
+    RenderWorker)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the daemon's to handle
@@ -134,7 +199,7 @@ def _worker_main(conn, path: str, device: str, rate: int, velocity: float) -> No
         bundle = load_bundle(path, device)
         if bundle.device.type == "cpu":
             torch.set_num_threads(1)
-        synthesize_notes(bundle, [bundle.pitch_range[0]], velocity, np.eye(len(bundle.styles), dtype=np.float32)[:1],
+        synthesize_notes(bundle, [bundle.pitch_range[0]], velocities, np.eye(len(bundle.styles), dtype=np.float32)[:1],
                          np.zeros((1, bundle.latent_size), np.float32), rate)
     except Exception as exc:
         conn.send(str(exc) or type(exc).__name__)
@@ -148,7 +213,8 @@ def _worker_main(conn, path: str, device: str, rate: int, velocity: float) -> No
     while True:   # until the daemon terminates this process
         job = conn.recv()
         try:
-            notes = synthesize_notes(bundle, job[0], velocity, job[1], job[2], rate)
+            notes = [note for layers in synthesize_notes(bundle, job[0], velocities, job[1], job[2], rate)
+                     for note in layers]
             for row, note in zip(bank, notes):   # the daemon sends at most a bank of pitches
                 row[:len(note.wave)] = note.wave
         except Exception as exc:
@@ -161,18 +227,19 @@ class RenderWorker:
     """The model in a process of its own, so that its Python work never holds the daemon's
     interpreter lock while OSC replies and notifications wait for it.
 
-    Notes come back through a shared *note bank* (``BANK_ROWS`` rows of samples, a memory-mapped
-    file unlinked as soon as both processes have it), and only ``(loop, length)`` pairs through
-    the pipe: the daemon then copies each note out in one call (sending the samples through the
-    pipe made the renderer thread take the interpreter lock back after every socket read)."""
+    Notes come back through a shared *note bank* (a row of samples for every layer of
+    ``BANK_PITCHES`` pitches, a memory-mapped file unlinked as soon as both processes have it), and
+    only ``(loop, length)`` pairs through the pipe: the daemon then copies each note out in one
+    call (sending the samples through the pipe made the renderer thread take the interpreter lock
+    back after every socket read). ``velocities`` are the layers' MIDI velocities."""
 
-    BANK_ROWS = 16
+    BANK_PITCHES = 16
 
-    def __init__(self, path: str, device: str, rate: int, velocity: float = RENDER_VELOCITY):
-        self.path, self.device, self.rate, self.velocity = str(path), str(device), rate, velocity
+    def __init__(self, path: str, device: str, rate: int, velocities: tuple[int, ...] = VELOCITIES):
+        self.path, self.device, self.rate, self.velocities = str(path), str(device), rate, tuple(velocities)
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_worker_main, args=(child, str(path), str(device), rate, velocity),
+        self._proc = ctx.Process(target=_worker_main, args=(child, str(path), str(device), rate, self.velocities),
                                  name="waeserver-render", daemon=True)
         self._proc.start()
         child.close()
@@ -187,27 +254,31 @@ class RenderWorker:
             raise RuntimeError(answer)
 
     def _share_bank(self, cols: int):
-        """Make the note bank ``[BANK_ROWS, cols]`` and have the worker map it; its answer."""
+        """Make the note bank ``[BANK_PITCHES * layers, cols]`` and have the worker map it; its answer."""
         folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
         fd, path = tempfile.mkstemp(prefix="waeserver-notes-", dir=folder)
+        rows = self.BANK_PITCHES * len(self.velocities)
         try:
-            os.ftruncate(fd, self.BANK_ROWS * cols * 4)
-            self._bank = np.frombuffer(mmap.mmap(fd, 0), np.float32).reshape(self.BANK_ROWS, cols)
+            os.ftruncate(fd, rows * cols * 4)
+            self._bank = np.frombuffer(mmap.mmap(fd, 0), np.float32).reshape(rows, cols)
             self._conn.send(path)
             return self._conn.recv()
         finally:
             os.close(fd)
             os.unlink(path)   # both processes hold their mappings; nothing is left on disk
 
-    def render(self, pitches: list[int], styles: np.ndarray, zs: np.ndarray) -> list[Note]:
+    def render(self, pitches: list[int], styles: np.ndarray, zs: np.ndarray) -> list[tuple[Note, ...]]:
+        """Every layer of ``pitches`` (``styles [B,S]``, ``zs [B,D]``), as :func:`synthesize_notes`."""
         notes = []
-        for i in range(0, len(pitches), self.BANK_ROWS):
-            rows = slice(i, i + self.BANK_ROWS)
+        n = len(self.velocities)
+        for i in range(0, len(pitches), self.BANK_PITCHES):
+            rows = slice(i, i + self.BANK_PITCHES)
             self._conn.send((list(pitches[rows]), styles[rows], zs[rows]))
             reply = self._conn.recv()
             if isinstance(reply, str):
                 raise RuntimeError(f"render failed: {reply}")
-            notes += [Note(self._bank[j, :n].copy(), loop) for j, (loop, n) in enumerate(reply)]
+            flat = [Note(self._bank[j, :length].copy(), loop) for j, (loop, length) in enumerate(reply)]
+            notes += [tuple(flat[j:j + n]) for j in range(0, len(flat), n)]
         return notes
 
     def close(self) -> None:
@@ -218,25 +289,24 @@ class RenderWorker:
 
 
 class Renderer:
-    """Renders notes of ``bundle`` for the targets of ``state`` into ``cache`` at ``rate`` Hz.
+    """Renders notes of ``bundle`` for the targets of ``state`` into ``cache`` at ``rate`` Hz, each
+    pitch at every velocity layer of the cache (``cache.velocities``).
 
     Use it on its own thread (:meth:`start`, :meth:`stop`) in the daemon, or call
     :meth:`render_now` and :meth:`fill` directly on a virtual clock (offline rendering).
-    ``seed`` fixes the per-note latent draws.
+    ``batch`` is the most pitches in a refill batch; ``seed`` fixes the per-note latent draws.
     """
 
     def __init__(self, bundle, state: ControlState, cache: RenderCache, rate: int, batch: int = 8,
-                 velocity: float = RENDER_VELOCITY, seed: int | None = None, slice_ms: float = 10.0,
-                 worker: RenderWorker | None = None):
+                 seed: int | None = None, slice_ms: float = 10.0, worker: RenderWorker | None = None):
         self.bundle = bundle
         self.worker = worker
         self.state = state
         self.cache = cache
         self.rate = int(rate)
         self.batch = int(batch)
-        self.velocity = float(velocity)
         self.slice_ms = float(slice_ms)   # a refill batch should take no longer (the latency budget)
-        self.note_ms: float | None = None  # recent refill time per note
+        self.pitch_ms: float | None = None  # recent refill time per pitch (all its layers)
         self.rng = np.random.default_rng(seed)
         self.render_ms: deque[float] = deque(maxlen=256)   # priority batches, for /wae/status
         self.on_swap: list[Callable[[object, RenderCache], None]] = []
@@ -264,8 +334,8 @@ class Renderer:
         self.cache.set_target(*self.target())
 
     # --- rendering ---------------------------------------------------------------------------
-    def render(self, pitches: list[int]) -> tuple[list[Note], tuple]:
-        """Render ``pitches`` for the current target: their notes at ``rate``, and the target's key."""
+    def render(self, pitches: list[int]) -> tuple[list[tuple[Note, ...]], tuple]:
+        """Render ``pitches`` for the current target: their layers' notes at ``rate``, and the target's key."""
         styles, z, per_note = self.target()
         b = len(pitches)
         if per_note:
@@ -276,7 +346,7 @@ class Renderer:
         if self.worker is not None:
             notes = self.worker.render(pitches, rows, zs)
         else:
-            notes = synthesize_notes(self.bundle, pitches, self.velocity, rows, zs, self.rate)
+            notes = synthesize_notes(self.bundle, pitches, self.cache.velocities, rows, zs, self.rate)
         return notes, (styles, None if per_note else z)
 
     def set_rate(self, rate: int) -> None:
@@ -284,7 +354,7 @@ class Renderer:
         self.rate = int(rate)
         if self.worker is not None and self.worker.rate != self.rate:
             old = self.worker
-            self.worker = RenderWorker(old.path, old.device, self.rate, old.velocity)
+            self.worker = RenderWorker(old.path, old.device, self.rate, old.velocities)
             old.close()
 
     def render_now(self, pitches: list[int], priority: bool = True) -> None:
@@ -296,15 +366,15 @@ class Renderer:
             self.render_ms.append(ms)
             self.cache.expected_ms = ms if self.cache.expected_ms > 1e8 else 0.8 * self.cache.expected_ms + 0.2 * ms
         else:
-            per_note = ms / len(pitches)
-            self.note_ms = per_note if self.note_ms is None else 0.8 * self.note_ms + 0.2 * per_note
+            per_pitch = ms / len(pitches)
+            self.pitch_ms = per_pitch if self.pitch_ms is None else 0.8 * self.pitch_ms + 0.2 * per_pitch
 
     def refill_batch(self) -> int:
-        """Notes in the next refill batch: up to ``batch``, as many as fit in ``slice_ms``, at least one,
-        so a priority note never waits long behind a refill."""
-        if self.note_ms is None:
+        """Pitches in the next refill batch: up to ``batch``, as many as fit in ``slice_ms``, at least
+        one, so a priority note never waits long behind a refill."""
+        if self.pitch_ms is None:
             return 1
-        return max(1, min(self.batch, int(self.slice_ms // max(self.note_ms, 1e-3))))
+        return max(1, min(self.batch, int(self.slice_ms // max(self.pitch_ms, 1e-3))))
 
     def fill(self) -> float:
         """Render every stale pitch now, before any voice waits for one (so nothing arrives for the
@@ -377,11 +447,12 @@ class Renderer:
             worker = None
             try:
                 bundle = load_bundle(path, device)   # checks the bundle before a process is started
+                velocities = layer_velocities(bundle)
                 if self.worker is not None:
-                    worker = RenderWorker(path, device, self.rate, self.velocity)
-                cache = RenderCache(bundle.pitch_range, self.cache.jitter)
-                ahead = Renderer(bundle, self.state, cache, self.rate, self.batch, self.velocity,
-                                 slice_ms=self.slice_ms, worker=worker)
+                    worker = RenderWorker(path, device, self.rate, velocities)
+                cache = RenderCache(bundle.pitch_range, self.cache.jitter, velocities)
+                ahead = Renderer(bundle, self.state, cache, self.rate, self.batch, slice_ms=self.slice_ms,
+                                 worker=worker)
                 ahead.retarget()
                 ahead.warm_up()
                 seconds = ahead.fill()
@@ -407,7 +478,7 @@ class Renderer:
         self._loading.release()
         if self.worker is not None:
             self.worker.close()
-        self.bundle, self.cache, self.worker, self.note_ms = bundle, cache, worker, None
+        self.bundle, self.cache, self.worker, self.pitch_ms = bundle, cache, worker, None
         for hook in self.on_swap:
             hook(bundle, cache)
         self.state.rebind(bundle.styles, bundle.latent_size)

@@ -33,7 +33,7 @@ from waeserver.config import ConfigError, ServeConfig, add_config_arguments, res
 from waeserver.faders import ControlError, ControlState
 from waeserver.midi import MidiControls, MidiSettings, curve_exponent, open_inputs, velocity_gain
 from waeserver.preset_store import PresetError, PresetStore
-from waeserver.renderer import RENDER_VELOCITY, Renderer, RenderWorker
+from waeserver.renderer import Renderer, RenderWorker, layer_velocities
 from waeserver.voices import VoicePool
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class Instrument:
     def __init__(self, bundle, cfg: ServeConfig, rate: int, seed: int | None = None, worker=None):
         self.cfg = cfg
         self.state = ControlState(bundle.styles, bundle.latent_size, cfg.gain, cfg.release, cfg.bend_range)
-        self.cache = RenderCache(bundle.pitch_range, cfg.fader_jitter)
+        self.cache = RenderCache(bundle.pitch_range, cfg.fader_jitter, layer_velocities(bundle))
         self.renderer = Renderer(bundle, self.state, self.cache, rate, cfg.render_batch, seed=seed,
                                  slice_ms=cfg.latency_budget_ms, worker=worker)
         self.pool = VoicePool(rate, self.cache, cfg.polyphony, cfg.latency_budget_ms)
@@ -231,7 +231,7 @@ class Daemon:
         rate, period, self.jackd = ensure_jack(cfg.jack_server)
         log.info("model %s (%d styles: %s; latent %d; %d Hz) on %s", bundle.name, len(bundle.styles),
                  ", ".join(bundle.styles), bundle.latent_size, bundle.sample_rate, bundle.device)
-        worker = RenderWorker(str(bundle.path), cfg.device, rate, RENDER_VELOCITY)
+        worker = RenderWorker(str(bundle.path), cfg.device, rate, layer_velocities(bundle))
         self.inst = inst = Instrument(bundle, cfg, rate, worker=worker)
         inst.renderer.warm_up()
         seconds = inst.renderer.fill()

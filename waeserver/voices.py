@@ -25,6 +25,9 @@ Policies (the C code follows them; docs/live.md explains them):
   arrives.
 - *Loops*: a render with a loop start (:class:`~waeserver.cache.Note`) goes back to it whenever a
   voice reaches its end, so a held note sounds until its envelope ends it.
+- *Velocity layers* (:meth:`VoicePool.set_layers`): each pitch has a render per layer; a note
+  blends the two layers around its MIDI velocity, linearly (on a layer, or beyond the outer ones,
+  one layer alone). The layer gives the timbre; the gain (the velocity curve's) the level.
 
 Renders are arrays owned here: a published note gets a slot in the C pool, which hands the slot
 back (an event) once no voice and no pitch uses it; only then is the array let go.
@@ -42,12 +45,13 @@ from collections.abc import Callable
 import numpy as np
 
 N_PITCHES = 128
+MAX_LAYERS = 8
 MAX_SLOTS = 4096
 LATENCY_SLOTS = 256
 TIMED_PERIODS = 4096
 
 FREE, PENDING, PLAYING, RELEASED, FADING = range(5)
-NOTE_ON, NOTE_OFF, SUSTAIN, BEND, PANIC, ALL_OFF, SYNC, PUBLISH, CLEAR, MIDI = range(1, 11)
+NOTE_ON, NOTE_OFF, SUSTAIN, BEND, PANIC, ALL_OFF, SYNC, PUBLISH, CLEAR, MIDI, LAYERS = range(1, 12)
 E_GO, E_END, E_SYNCED, E_FREED, E_CONTROL = range(1, 6)
 R_RENDER, R_TAKEN = 1, 2
 
@@ -62,7 +66,8 @@ class Params(ctypes.Structure):
     _fields_ = [("gain", ctypes.c_double), ("release", ctypes.c_double), ("bend_range", ctypes.c_double),
                 ("budget_ms", ctypes.c_double), ("expected_ms", ctypes.c_double), ("per_note", ctypes.c_int32),
                 ("channel", ctypes.c_int32), ("low", ctypes.c_int32), ("high", ctypes.c_int32),
-                ("wake_fd", ctypes.c_int32), ("pad", ctypes.c_int32), ("velocity", ctypes.c_float * 128)]
+                ("wake_fd", ctypes.c_int32), ("pad", ctypes.c_int32), ("velocity", ctypes.c_float * 128),
+                ("layer_velocity", ctypes.c_float * MAX_LAYERS)]
 
 
 class Stats(ctypes.Structure):
@@ -72,18 +77,26 @@ class Stats(ctypes.Structure):
                                            ("took_ns", ctypes.c_int64 * TIMED_PERIODS)]
 
 
+class Pair(ctypes.Structure):
+    """The render slots of the two velocity layers a voice blends (``b`` -1: one layer only)."""
+
+    _fields_ = [("a", ctypes.c_int32), ("b", ctypes.c_int32)]
+
+
 class Voice(ctypes.Structure):
-    """One voice as the C pool keeps it (read live: a snapshot needs a copy)."""
+    """One voice as the C pool keeps it (read live: a snapshot needs a copy). ``pos`` counts frames
+    into the note (a loop does not wind it back); ``blend`` is the weight of layer ``layer + 1``."""
 
     _fields_ = [(name, ctypes.c_int32) for name in
-                ("state", "pitch", "held", "sustained", "waiting", "slot", "old", "standin", "xfade", "done")] + \
-               [(name, ctypes.c_double) for name in ("pos", "level", "slope", "gain")] + \
+                ("state", "pitch", "held", "sustained", "waiting", "layer", "xfade", "done")] + \
+               [(name, Pair) for name in ("slot", "old", "standin")] + \
+               [(name, ctypes.c_double) for name in ("pos", "level", "slope", "gain", "blend")] + \
                [(name, ctypes.c_int64) for name in ("age", "released_at", "on_frame", "wait", "hold")]
 
 
 class Command(ctypes.Structure):
-    _fields_ = [("kind", ctypes.c_int32), ("at", ctypes.c_int32), ("a", ctypes.c_int32), ("b", ctypes.c_int32),
-                ("x", ctypes.c_int64), ("y", ctypes.c_int64), ("f", ctypes.c_double)]
+    _fields_ = [(name, ctypes.c_int32) for name in ("kind", "at", "a", "b", "c", "d")] + \
+               [("x", ctypes.c_int64), ("y", ctypes.c_int64), ("f", ctypes.c_double)]
 
 
 class Event(ctypes.Structure):
@@ -106,7 +119,7 @@ def _load() -> ctypes.CDLL:
         ("voices_voices", p, [p]), ("voices_fresh", p, [p]), ("voices_played", p, [p]), ("voices_current", p, [p]),
         ("voices_ratio", dbl, [p]), ("voices_sustain_on", ctypes.c_int, [p]), ("voices_sizes", ctypes.c_int, [ctypes.c_int]),
         ("voices_set_rate", None, [p, ctypes.c_int]),
-        ("voices_command", ctypes.c_int, [p, i32, i32, i32, i32, i64, i64, dbl]),
+        ("voices_command", ctypes.c_int, [p, i32, i32, i32, i32, i32, i32, i64, i64, dbl]),
         ("voices_queued", ctypes.c_int, [p, p, ctypes.c_int]), ("voices_events", ctypes.c_int, [p, p, ctypes.c_int]),
         ("voices_requests", ctypes.c_int, [p, p, ctypes.c_int]), ("voices_has_requests", ctypes.c_int, [p]),
         ("voices_process", None, [p, p, ctypes.c_int, p, ctypes.c_int]),
@@ -115,7 +128,8 @@ def _load() -> ctypes.CDLL:
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = res, args
     for i, (name, size) in enumerate([(s.__name__, ctypes.sizeof(s)) for s in (Params, Stats, Voice, Command)]
-                                     + [("N_PITCHES", N_PITCHES), ("MAX_SLOTS", MAX_SLOTS)]):
+                                     + [("N_PITCHES", N_PITCHES), ("MAX_SLOTS", MAX_SLOTS),
+                                        ("MAX_LAYERS", MAX_LAYERS)]):
         if lib.voices_sizes(i) != size:
             raise ImportError(f"waeserver's C voice pool does not match voices.py ({name}): rebuild it")
     return lib
@@ -128,17 +142,20 @@ ACTIONS = {"note_on": NOTE_ON, "note_off": NOTE_OFF, "sustain": SUSTAIN, "bend":
 ACTION_NAMES = {kind: name for name, kind in ACTIONS.items()}
 
 
+DEFAULT_VELOCITY = 100   # the timbre of a note-on given without a velocity (as /wae/note's default)
+
+
 def _command(action: str, args: tuple, at: int = 0) -> tuple:
-    """``(kind, at, a, b, x, y, f)`` of one voice action (see the actions of :class:`VoicePool`)."""
+    """``(kind, at, a, b, c, d, x, y, f)`` of one voice action (see the actions of :class:`VoicePool`)."""
     kind = ACTIONS[action]
     if kind == NOTE_ON:
-        pitch, gain, *hold = args
-        return kind, at, int(pitch), 0, int(hold[0]) if hold else -1, 0, float(gain)
+        pitch, gain, hold, velocity = (*args, *(-1, DEFAULT_VELOCITY)[len(args) - 2:])
+        return kind, at, int(pitch), 0, int(velocity), 0, int(hold), 0, float(gain)
     if kind == MIDI:
         data = bytes(args[0])
-        return kind, at, data[0] if data else 0, data[1] if len(data) > 1 else 0, \
+        return kind, at, data[0] if data else 0, data[1] if len(data) > 1 else 0, 0, 0, \
             data[2] if len(data) > 2 else 0, len(data) if len(data) <= 3 else 0, 0.0
-    return kind, at, int(args[0]) if args else 0, 0, 0, 0, 0.0
+    return kind, at, int(args[0]) if args else 0, 0, 0, 0, 0, 0, 0.0
 
 
 class VoicePool:
@@ -165,7 +182,8 @@ class VoicePool:
         self.voices = (Voice * (2 * self.polyphony)).from_address(_lib.voices_voices(self._p))
         self.fresh = np.ctypeslib.as_array((ctypes.c_bool * N_PITCHES).from_address(_lib.voices_fresh(self._p)))
         self.played = np.ctypeslib.as_array((ctypes.c_int64 * N_PITCHES).from_address(_lib.voices_played(self._p)))
-        self.current = np.ctypeslib.as_array((ctypes.c_int32 * N_PITCHES).from_address(_lib.voices_current(self._p)))
+        self.current = np.ctypeslib.as_array(((ctypes.c_int32 * MAX_LAYERS) * N_PITCHES).from_address(
+            _lib.voices_current(self._p)))   # [pitch, layer]
         self.params.budget_ms = float(budget_ms)
         self.events: deque[tuple] = deque(maxlen=8192)
         self.on_control: Callable[[bytes], None] = lambda data: None
@@ -231,9 +249,10 @@ class VoicePool:
     def sounding(self) -> int:
         return sum(1 for v in self.voices if v.state != FREE)
 
-    def audio(self, voice: Voice, which: str = "slot"):
-        """The render array a voice plays (``which``: ``slot``, ``old`` for a crossfade's, ``standin``), or None."""
-        note = self._notes.get(getattr(voice, which))
+    def audio(self, voice: Voice, which: str = "slot", layer: str = "a"):
+        """The render array a voice plays (``which``: ``slot``, ``old`` for a crossfade's, ``standin``;
+        ``layer``: ``a``, or ``b`` for the layer above, which it blends in), or None."""
+        note = self._notes.get(getattr(getattr(voice, which), layer))
         return None if note is None else note.wave
 
     def latency_ms(self) -> tuple[float, float]:
@@ -266,7 +285,7 @@ class VoicePool:
 
     # --- actions (any thread) ----------------------------------------------------------------
     def _post(self, action: str, *args) -> None:
-        command = kind, _, status, _, velocity, _, _ = _command(action, args)
+        command = kind, _, status, _, _, _, velocity, _, _ = _command(action, args)
         # Without audio a note-on would wait in the queue and sound whenever audio came back.
         if self.refusing and (kind == NOTE_ON or kind == MIDI and status & 0xF0 == 0x90 and velocity > 0):
             self._refuse(self.refusing)
@@ -279,9 +298,10 @@ class VoicePool:
         self.lost_why = why
         raise NotQueued(why)
 
-    def note_on(self, pitch: int, gain: float, hold: int = -1) -> None:
-        """``pitch`` at ``gain`` (0..1, after the velocity curve) for ``hold`` frames, -1 until off."""
-        self._post("note_on", pitch, gain, hold)
+    def note_on(self, pitch: int, gain: float, hold: int = -1, velocity: int = DEFAULT_VELOCITY) -> None:
+        """``pitch`` at ``gain`` (0..1, after the velocity curve) for ``hold`` frames, -1 until off,
+        with the timbre of MIDI ``velocity`` 1..127 (the velocity layers around it, :meth:`set_layers`)."""
+        self._post("note_on", pitch, gain, hold, velocity)
 
     def note_off(self, pitch: int) -> None:
         self._post("note_off", pitch)
@@ -310,28 +330,46 @@ class VoicePool:
         with self._lock:
             self._next_token += 1
             self._tokens[self._next_token] = token
-            if not _lib.voices_command(self._p, SYNC, 0, self._next_token, 0, 0, 0, 0.0):
+            if not _lib.voices_command(self._p, SYNC, 0, self._next_token, 0, 0, 0, 0, 0, 0.0):
                 del self._tokens[self._next_token]
                 self._refuse("the voice pool's queue is full: sync dropped")
 
     # --- renders (the cache's thread) ---------------------------------------------------------
-    def publish(self, pitch: int, note) -> bool:
-        """Make ``note`` (a :class:`~waeserver.cache.Note`) the render of ``pitch`` from the next period."""
-        wave = note.wave
-        if wave.dtype != np.float32 or not wave.flags.c_contiguous or len(wave) < 1:
-            raise ValueError("a render must be a non-empty contiguous float32 array")
+    def set_layers(self, velocities) -> None:
+        """Renders come in one velocity layer per MIDI velocity of ``velocities`` (ascending, at most
+        ``MAX_LAYERS``) from the next period; a note blends the two layers around its velocity.
+        Renders of layers beyond are let go."""
+        velocities = [float(v) for v in velocities]
+        if not 1 <= len(velocities) <= MAX_LAYERS or velocities != sorted(set(velocities)):
+            raise ValueError(f"1 to {MAX_LAYERS} ascending velocities, got {velocities}")
         with self._lock:
-            if not self._free:
+            for i, v in enumerate(velocities):
+                self.params.layer_velocity[i] = v
+            if not _lib.voices_command(self._p, LAYERS, 0, len(velocities), 0, 0, 0, 0, 0, 0.0):
+                self._refuse("the voice pool's queue is full: layers dropped")
+
+    def publish(self, pitch: int, notes) -> bool:
+        """Make ``notes`` (one :class:`~waeserver.cache.Note` per velocity layer, or one Note: layer 0)
+        the renders of ``pitch`` from the next period; voices waiting for them take them once the
+        last is in. False when not all of them could be queued."""
+        notes = [notes] if hasattr(notes, "wave") else list(notes)
+        for note in notes:
+            wave = note.wave
+            if wave.dtype != np.float32 or not wave.flags.c_contiguous or len(wave) < 1:
+                raise ValueError("a render must be a non-empty contiguous float32 array")
+        with self._lock:
+            if len(self._free) < len(notes):
                 self.poll()
-            if not self._free:
+            if len(self._free) < len(notes):
                 return False
-            slot = self._free.pop()
-            self._notes[slot] = note
-            if not _lib.voices_command(self._p, PUBLISH, 0, int(pitch), slot, wave.ctypes.data, len(wave),
-                                       float(note.loop)):
-                del self._notes[slot]
-                self._free.append(slot)
-                return False
+            for layer, note in enumerate(notes):
+                slot = self._free.pop()
+                self._notes[slot] = note
+                if not _lib.voices_command(self._p, PUBLISH, 0, int(pitch), slot, layer, int(layer == len(notes) - 1),
+                                           note.wave.ctypes.data, len(note.wave), float(note.loop)):
+                    del self._notes[slot]
+                    self._free.append(slot)
+                    return False
             return True
 
     def clear(self) -> None:
@@ -340,7 +378,7 @@ class VoicePool:
         deadline = time.monotonic() + 0.5
         while True:
             with self._lock:
-                if _lib.voices_command(self._p, CLEAR, 0, 0, 0, 0, 0, 0.0):
+                if _lib.voices_command(self._p, CLEAR, 0, 0, 0, 0, 0, 0, 0, 0.0):
                     return
             if time.monotonic() > deadline:
                 raise NotQueued("the voice pool's queue is full: clear dropped")
@@ -388,7 +426,7 @@ class VoicePool:
         """``(offset, action, args)`` events as the C pool takes them (see :meth:`process`)."""
         cmds = (Command * len(events))()
         for c, (offset, action, args) in zip(cmds, events):
-            (c.kind, c.at, c.a, c.b, c.x, c.y, c.f) = _command(action, tuple(args), int(offset))
+            (c.kind, c.at, c.a, c.b, c.c, c.d, c.x, c.y, c.f) = _command(action, tuple(args), int(offset))
         return cmds
 
     def process(self, out: np.ndarray, cmds: ctypes.Array) -> None:
