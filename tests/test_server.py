@@ -380,6 +380,54 @@ def test_model_load_refuses_corrupt_and_swaps_without_a_gap(live, models):
     osc.send("/wae/notify", 0)
 
 
+def refilled_and_hit(daemon, osc, value: float) -> None:
+    """A style change, the whole cache refilled for it, then a note that finds its fresh render."""
+    cache = daemon.inst.cache
+    osc.send("/wae/style", daemon.inst.state.style_names[-1], value)
+    osc.send("/wae/sync", 7)
+    osc.expect("/wae/synced")                     # the style is applied (the cache stale) before this
+    wait_for(lambda: cache.n_fresh() == cache.high - cache.low + 1, timeout=30)
+    pool = daemon.inst.pool
+    hits, standins = pool.hits, pool.standins
+    osc.send("/wae/note", 60, 100, 0.05)
+    assert osc.expect("/wae/n_go") == [60]
+    assert (pool.hits, pool.standins) == (hits + 1, standins)
+
+
+def test_a_killed_render_process_is_replaced_and_one_that_dies_again_is_not(live, caplog):
+    """``kill -9`` of the daemon's render process, as the OOM killer would: within a second the
+    daemon logs it and tells subscribers (``/wae/state render restarting``), renders in its own
+    process meanwhile, starts a new process and says so (``render process``); after a style change
+    the whole cache is rendered again, by the new process, and a note finds its fresh render.
+    Killed again at once, the new one is not replaced (``render in-process``): the daemon renders
+    in its own process, and fresh renders still come."""
+    daemon, probe, osc = live
+    quiet(live)
+    renderer = daemon.inst.renderer
+    osc.send("/wae/notify", 1)
+    osc.expect("/done", first="/wae/notify")
+    first = renderer.worker.pid
+    assert first in children(os.getpid())
+    os.kill(first, signal.SIGKILL)
+    assert osc.expect("/wae/state", first="render", timeout=1.0) == ["render", "restarting"]
+    assert any(r.levelname == "WARNING" and f"pid {first}" in r.message and "SIGKILL" in r.message
+               for r in caplog.records)
+    assert osc.expect("/wae/state", first="render", timeout=30) == ["render", "process"]
+    second = renderer.worker
+    assert second.pid != first and second.alive() and first not in children(os.getpid())   # no zombie left
+    refilled_and_hit(daemon, osc, 0.3)
+    assert renderer.worker is second              # the refill went through the new process
+
+    os.kill(second.pid, signal.SIGKILL)
+    assert osc.expect("/wae/state", first="render", timeout=1.0) == ["render", "in-process"]
+    assert any(r.levelname == "ERROR" and "not starting another" in r.message for r in caplog.records)
+    time.sleep(2.0)                               # long enough for a new process to show up, were one started
+    assert renderer.worker is None and renderer.render_mode == "in-process"
+    assert not [k for k in children(os.getpid()) if b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes()]
+    refilled_and_hit(daemon, osc, 0.6)
+    osc.send("/wae/notify", 0)
+
+
 def test_missing_model_is_one_clear_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "waeserver.server", "--model", str(tmp_path / "gm-none")],
                             capture_output=True, text=True, timeout=60)

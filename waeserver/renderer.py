@@ -1,16 +1,22 @@
 """The renderer thread: the only owner of the model while the daemon runs.
 
 With a :class:`RenderWorker` (the daemon) the model itself runs in a process of its own and this
-thread only prepares the inputs and publishes the results, so the audio callback never waits for
-the interpreter lock behind the model's Python work; without one (offline rendering, tests) it
-runs the model in this process. It turns control targets into notes in the :class:`~waeserver.cache.RenderCache`: first the
-pitches the audio thread asked for (a note-on that found no fresh render), all in one batch, then
-the stale rest, most recently played pitches first, in batches of up to ``batch`` notes that take
-no longer than the latency budget (so a note-on waits at most that long behind a refill). It reads the *latest*
-control state before every batch, so a fader morph at any message rate costs at most one batch in
-flight and never a queue of states. Each render is resampled once from the model's rate to the
-output rate and given a 1 ms fade-in and a 10 ms fade-out, so voices can start and end on it
-without a click; a note that sustains gets a loop instead of its end (see :func:`shape_note`).
+thread only prepares the inputs and publishes the results, so the model's Python work never holds
+the daemon's interpreter lock while OSC replies and notifications wait; without one (offline
+rendering, tests) it runs the model in this process. It turns control targets into notes in the
+:class:`~waeserver.cache.RenderCache`: first the pitches the audio thread asked for (a note-on
+that found no fresh render), all in one batch, then the stale rest, most recently played pitches
+first, in batches of up to ``batch`` pitches that take no longer than the latency budget (so a
+note-on waits at most that long behind a refill). Every pitch is rendered at each of the cache's
+velocity layers in the same batch. It reads the *latest* control state before every batch, so a
+fader morph at any message rate costs at most one batch in flight and never a queue of states.
+Each render is resampled once from the model's rate to the output rate and given a 1 ms fade-in
+and a 10 ms fade-out, so voices can start and end on it without a click; a note that sustains
+gets a loop instead of its end, and a pitch's layers are levelled to one loudness (see
+:func:`shape_note`, :func:`shape_layers`).
+
+A render process that dies is replaced once; one that dies again soon after is not, and the
+model then runs in this process (see :class:`Renderer`).
 
 :meth:`Renderer.load_model` loads, warms and fills a new bundle beside the running one and swaps
 it in between two batches; the voices keep playing the arrays they hold, so there is no gap.
@@ -22,6 +28,7 @@ import logging
 import mmap
 import multiprocessing
 import os
+import signal
 import tempfile
 import threading
 import time
@@ -46,6 +53,7 @@ PRIORITY_MAX = 16    # pitches in one priority batch
 VELOCITIES = (40, 80, 120)  # MIDI velocities of the layers when a card names none: the datasets' p, mf, ff
 LAYER_GAIN_MAX = 16.0  # most a layer is raised to the level of its pitch's loudest (a near-silent one is not)
 WORKER_NICE = 19  # where SCHED_IDLE is not available: JACK's and the daemon's threads go first
+RESTART_WINDOW_S = 60.0  # a render process that dies within this long of the last death is not replaced
 REFILL_DUTY = 0.5    # share of one core refills may take, so a morph leaves room for the audio
 LOOP_S = (0.35, 0.75)  # inside the held part of every preset's notes (0.8 s and longer)
 LOOP_XFADE_S = 0.08    # the loop's end is crossfaded into the frames before its start
@@ -183,8 +191,6 @@ def _worker_main(conn, path: str, device: str, rate: int, velocities: tuple[int,
     daemon made for that, then answer each ``(pitches, styles, zs)`` by writing the notes (every
     layer of each pitch, in turn) into the bank's rows and sending ``(loop, length)`` for each (see
     RenderWorker)."""
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the daemon's to handle
     try:   # a core only when nothing else wants it: JACK's threads and the daemon's preempt it at once
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
@@ -221,6 +227,10 @@ def _worker_main(conn, path: str, device: str, rate: int, velocities: tuple[int,
             conn.send(str(exc) or type(exc).__name__)
             continue
         conn.send([(note.loop, len(note.wave)) for note in notes])
+
+
+class WorkerDied(RuntimeError):
+    """The render process is gone (killed, crashed): the message says how it ended."""
 
 
 class RenderWorker:
@@ -267,14 +277,37 @@ class RenderWorker:
             os.close(fd)
             os.unlink(path)   # both processes hold their mappings; nothing is left on disk
 
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def alive(self) -> bool:
+        return self._proc.is_alive()   # also reaps a process that has ended: no zombie
+
+    def how_it_ended(self) -> str:
+        self._proc.join(1.0)
+        code = self._proc.exitcode
+        if code is None:
+            return "its pipe closed"
+        if code < 0:
+            try:
+                return f"killed by signal {-code} ({signal.Signals(-code).name})"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exit status {code}"
+
     def render(self, pitches: list[int], styles: np.ndarray, zs: np.ndarray) -> list[tuple[Note, ...]]:
-        """Every layer of ``pitches`` (``styles [B,S]``, ``zs [B,D]``), as :func:`synthesize_notes`."""
+        """Every layer of ``pitches`` (``styles [B,S]``, ``zs [B,D]``), as :func:`synthesize_notes`;
+        :class:`WorkerDied` when the process is gone."""
         notes = []
         n = len(self.velocities)
         for i in range(0, len(pitches), self.BANK_PITCHES):
             rows = slice(i, i + self.BANK_PITCHES)
-            self._conn.send((list(pitches[rows]), styles[rows], zs[rows]))
-            reply = self._conn.recv()
+            try:
+                self._conn.send((list(pitches[rows]), styles[rows], zs[rows]))
+                reply = self._conn.recv()
+            except (EOFError, OSError):   # a live worker never closes its end: it is gone
+                raise WorkerDied(f"the render process (pid {self.pid}) is gone: {self.how_it_ended()}") from None
             if isinstance(reply, str):
                 raise RuntimeError(f"render failed: {reply}")
             flat = [Note(self._bank[j, :length].copy(), loop) for j, (loop, length) in enumerate(reply)]
@@ -295,6 +328,13 @@ class Renderer:
     Use it on its own thread (:meth:`start`, :meth:`stop`) in the daemon, or call
     :meth:`render_now` and :meth:`fill` directly on a virtual clock (offline rendering).
     ``batch`` is the most pitches in a refill batch; ``seed`` fixes the per-note latent draws.
+
+    With a ``worker`` (the daemon), a render process that dies (``kill -9``, the OOM killer, a
+    crashed driver) is noticed at the next render or within 0.1 s when idle: the renderer renders
+    in its own process at once and starts a new render process, which takes over when it is ready.
+    One that dies within ``RESTART_WINDOW_S`` of the last death is not replaced: rendering stays
+    in this process until a model load starts a process for the new bundle. ``on_worker`` hooks
+    hear each change of :attr:`render_mode`.
     """
 
     def __init__(self, bundle, state: ControlState, cache: RenderCache, rate: int, batch: int = 8,
@@ -310,6 +350,12 @@ class Renderer:
         self.rng = np.random.default_rng(seed)
         self.render_ms: deque[float] = deque(maxlen=256)   # priority batches, for /wae/status
         self.on_swap: list[Callable[[object, RenderCache], None]] = []
+        self.on_worker: list[Callable[[str], None]] = []
+        self.render_mode = "process" if worker is not None else "in-process"
+        self._worker_args = (worker.path, worker.device, worker.velocities) if worker is not None else None
+        self._last_death: float | None = None
+        self._replacement: RenderWorker | None = None   # a new render process, ready, for the thread to take
+        self._generation = 0                            # bumped by a model swap: older replacements are dropped
         self._swap: tuple | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -343,10 +389,13 @@ class Renderer:
         else:
             zs = np.repeat(z[None], b, axis=0)
         rows = np.repeat(styles[None], b, axis=0)
-        if self.worker is not None:
-            notes = self.worker.render(pitches, rows, zs)
-        else:
-            notes = synthesize_notes(self.bundle, pitches, self.cache.velocities, rows, zs, self.rate)
+        worker = self.worker
+        if worker is not None:
+            try:
+                return worker.render(pitches, rows, zs), (styles, None if per_note else z)
+            except WorkerDied as exc:
+                self._worker_died(worker, str(exc))
+        notes = synthesize_notes(self.bundle, pitches, self.cache.velocities, rows, zs, self.rate)
         return notes, (styles, None if per_note else z)
 
     def set_rate(self, rate: int) -> None:
@@ -356,6 +405,67 @@ class Renderer:
             old = self.worker
             self.worker = RenderWorker(old.path, old.device, self.rate, old.velocities)
             old.close()
+
+    # --- a render process that dies -------------------------------------------------------------
+    def _tell(self, mode: str) -> None:
+        self.render_mode = mode
+        for hook in self.on_worker:
+            hook(mode)
+
+    def _worker_died(self, worker: RenderWorker, why: str) -> None:
+        """``worker`` is gone: render here from now on, and start a new process unless the last one
+        died less than ``RESTART_WINDOW_S`` ago (this thread only)."""
+        if worker is not self.worker:
+            return
+        self.worker = None
+        worker.close()
+        now, last = time.monotonic(), self._last_death
+        self._last_death = now
+        if last is not None and now - last < RESTART_WINDOW_S:
+            log.error("%s, %.0f s after the last one died: not starting another; rendering in the daemon's "
+                      "own process from now on (a model load starts a new one)", why, now - last)
+            self._tell("in-process")
+            return
+        log.warning("%s: rendering in the daemon's own process while a new one starts", why)
+        self._tell("restarting")
+        self._start_replacement()
+
+    def _start_replacement(self) -> None:
+        path, device, velocities = self._worker_args
+        rate, generation = self.rate, self._generation
+
+        def work():
+            try:
+                worker = RenderWorker(path, device, rate, velocities)
+            except Exception as exc:
+                log.error("a new render process would not start (%s): rendering in the daemon's own process "
+                          "from now on", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                self._last_death = time.monotonic()
+                self._tell("in-process")
+                return
+            if self._stop.is_set() or generation != self._generation:
+                worker.close()
+                return
+            self._replacement = worker
+            self.cache.wake()
+
+        threading.Thread(target=work, name="waeserver-restart", daemon=True).start()
+
+    def _adopt(self) -> None:
+        """Take the new render process (between two batches)."""
+        worker, self._replacement = self._replacement, None
+        if worker.rate != self.rate:   # the output rate changed while it started: once more, at the new rate
+            worker.close()
+            self._start_replacement()
+            return
+        self.worker = worker
+        log.info("a new render process (pid %d) renders again", worker.pid)
+        self._tell("process")
+
+    def _check_worker(self) -> None:
+        worker = self.worker
+        if worker is not None and not worker.alive():
+            self._worker_died(worker, f"the render process (pid {worker.pid}) is gone: {worker.how_it_ended()}")
 
     def render_now(self, pitches: list[int], priority: bool = True) -> None:
         """Render ``pitches`` and publish them to the cache."""
@@ -395,6 +505,8 @@ class Renderer:
         """One unit of work: a priority batch, else one refill batch. False when there was none."""
         if self._swap is not None:
             self._apply_swap()
+        if self._replacement is not None:
+            self._adopt()
         wanted = self.cache.pop_requests()
         if wanted:
             self.render_now(wanted[:PRIORITY_MAX])
@@ -414,8 +526,9 @@ class Renderer:
     def stop(self, timeout: float = 0.2) -> None:
         self._stop.set()
         self.cache.wake()
-        if self.worker is not None:
-            self.worker.close()      # also ends a render the thread may be waiting for
+        for worker in (self.worker, self._replacement):
+            if worker is not None:
+                worker.close()       # also ends a render the thread may be waiting for
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -434,6 +547,7 @@ class Renderer:
             elif not self.cache.has_requests():
                 # refills take at most REFILL_DUTY of a core; a note-on request wakes us at once
                 self.cache.wait((time.perf_counter() - t0) * (1.0 / REFILL_DUTY - 1.0))
+            self._check_worker()
 
     # --- model swap --------------------------------------------------------------------------
     def load_model(self, path: str, device: str, done: Callable[[str | None], None]) -> None:
@@ -448,7 +562,7 @@ class Renderer:
             try:
                 bundle = load_bundle(path, device)   # checks the bundle before a process is started
                 velocities = layer_velocities(bundle)
-                if self.worker is not None:
+                if use_worker:
                     worker = RenderWorker(path, device, self.rate, velocities)
                 cache = RenderCache(bundle.pitch_range, self.cache.jitter, velocities)
                 ahead = Renderer(bundle, self.state, cache, self.rate, self.batch, slice_ms=self.slice_ms,
@@ -470,15 +584,22 @@ class Renderer:
         if not self._loading.acquire(blocking=False):
             done("another model is loading")
             return
+        use_worker = self._worker_args is not None   # the daemon's way, even while rendering here
         threading.Thread(target=work, name="waeserver-loader", daemon=True).start()
 
     def _apply_swap(self) -> None:
         bundle, cache, worker, done = self._swap
         self._swap = None
         self._loading.release()
-        if self.worker is not None:
-            self.worker.close()
+        for old in (self.worker, self._replacement):
+            if old is not None:
+                old.close()
+        self._replacement, self._generation = None, self._generation + 1
         self.bundle, self.cache, self.worker, self.pitch_ms = bundle, cache, worker, None
+        if worker is not None:   # a fresh start: its first death is replaced again
+            self._worker_args, self._last_death = (worker.path, worker.device, worker.velocities), None
+            if self.render_mode != "process":
+                self._tell("process")
         for hook in self.on_swap:
             hook(bundle, cache)
         self.state.rebind(bundle.styles, bundle.latent_size)

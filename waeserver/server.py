@@ -67,6 +67,7 @@ class Instrument:
         self.notify = lambda key, values: None
         self.state.listeners.append(self._follow)
         self.renderer.on_swap.append(self._swapped)
+        self.renderer.on_worker.append(lambda mode: self.notify("render", [mode]))
         self.renderer.retarget()
 
     @property
@@ -235,8 +236,8 @@ class Daemon:
         self.inst = inst = Instrument(bundle, cfg, rate, worker=worker)
         inst.renderer.warm_up()
         seconds = inst.renderer.fill()
-        log.info("rendered %d notes ahead in %.2f s (one priority note: %.1f ms)",
-                 inst.cache.n_fresh(), seconds, inst.cache.expected_ms)
+        log.info("rendered %d pitches ahead, at velocities %s each, in %.2f s (one priority pitch: %.1f ms)",
+                 inst.cache.n_fresh(), "/".join(map(str, inst.cache.velocities)), seconds, inst.cache.expected_ms)
         self.audio = JackAudio(cfg.jack_name, cfg.jack_server, inst.pool, cfg.jack_connect)
         self._open_jack()
         inst.audio = self.audio
