@@ -8,7 +8,8 @@ Writes into OUT:
 * ``scale-NAME.wav``: a C major scale over the style's range, one note every 0.4 s;
 * ``morph-A-to-B.wav``: C4 with the faders sliding from the first style to the second in 8 steps;
 * ``latent-walk.wav``: C4 of the first style, z moving along each latent axis from -2 to 2;
-* ``inversion-FILE-{real,mcnn,gla}.wav``: one test note as recorded, through the MCNN and through
+* ``inversion-FILE-{real,INVERTER,gla}.wav``: one test note as recorded, through each of the
+  bundle's real-time inverters and through
   100-iteration Griffin-Lim (needs the dataset: the card's, or ``--data``).
 """
 
@@ -90,10 +91,12 @@ def main() -> None:
             mel = torch.from_numpy(np.array(ds.features()[int(i)]))[None]
             stem = Path(row["file"]).stem
             with torch.no_grad():
-                mcnn = b.mcnn(mel, midi_to_f0(torch.tensor([row["pitch"]])))[0]
+                inverted = {name: inv(mel, midi_to_f0(torch.tensor([row["pitch"]])))[0]
+                            for name, inv in b.inverters.items()}
                 gla = griffin_lim(mel_to_linear(mel, ds.spectral), ds.spectral)[0]
             sf.write(args.out / f"inversion-{stem}-real.wav", ds.audio(int(i)), rate, subtype="PCM_16")
-            sf.write(args.out / f"inversion-{stem}-mcnn.wav", mcnn.numpy(), rate, subtype="PCM_16")
+            for name, wave in inverted.items():
+                sf.write(args.out / f"inversion-{stem}-{name}.wav", wave.numpy(), rate, subtype="PCM_16")
             sf.write(args.out / f"inversion-{stem}-gla.wav", gla.numpy(), rate, subtype="PCM_16")
     print(f"wrote {len(list(args.out.glob('*.wav')))} WAV files to {args.out}")
 

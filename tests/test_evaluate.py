@@ -71,7 +71,7 @@ def test_evaluate_refuses_what_it_cannot_use(tiny_dataset, tiny_pair, tmp_path, 
         card.write_text(text)
     from waeserver.bundle import make_test_bundle
 
-    bundle = make_test_bundle(tmp_path / "decoder-only")
+    bundle = make_test_bundle(tmp_path / "decoder-only", encoder=False)
     with pytest.raises(EvaluateError, match="no encoder"):
         evaluate([bundle], tiny_dataset, tmp_path / "r", device="cpu", progress=False)
     assert not (tmp_path / "r").exists()

@@ -46,6 +46,7 @@ def test_generate_is_reproducible_with_a_seed_and_offers_griffin_lim(bundle_path
     (["--style", "flute=3"], "between 0 and 2"),
     (["--z", "1,2"], "needs 3 finite numbers"),
     (["--pitch", "20"], "outside"),
+    (["--inverter", "wavenet"], "has no inverter 'wavenet'; it has: harmonic, mcnn (and gla, Griffin-Lim)"),
 ])
 def test_generate_refuses_bad_input_with_one_line(bundle_path, tmp_path, capsys, argv, message):
     out = tmp_path / "x.wav"
@@ -74,14 +75,34 @@ def test_style_and_z_parsing(bundle_path):
 def test_bench_figures_on_a_small_bundle(bundle_path):
     b = load_bundle(bundle_path)
     s = speed(b, repeats=2, batch=2, gla_repeats=1)
-    assert s["decoder_ms"]["median"] > 0 and s["mcnn_ms"]["median"] > 0
-    assert s["notes_per_second_batched"] > 0 and s["mcnn_speedup_over_gla"] > 0
+    assert s["decoder_ms"]["median"] > 0 and set(s["inverters_ms"]) == {"harmonic", "mcnn"}
+    assert all(v["median"] > 0 for v in s["inverters_ms"].values()) and s["inverter"] == "harmonic"
+    assert s["notes_per_second_batched"] > 0 and all(v > 0 for v in s["speedup_over_gla"].values())
     p = pitch_accuracy(b, batch=64)
     # the untrained bundle is not expected to be in tune; the figure must still be a fraction
     assert p["notes"] == 3 * 36 and 0.0 <= p["within_tolerance"] <= 1.0
     text = format_report({"machine": {"processor": "x"}, "model": b.name, "speed": [s], "pitch": p})
-    assert "MCNN" in text and "pitch" in text
+    assert "harmonic" in text and "mcnn" in text and "pitch" in text
     here = machine()
     assert len(here["load_average"]) == 3
     assert "load average" in format_report({"machine": here, "model": b.name, "speed": [s], "pitch": p})
     assert torch.isfinite(torch.tensor(s["real_time_factor"]))
+
+
+def test_quality_figures_compare_every_path_and_the_judges_hear_each(tiny_dataset):
+    """Griffin-Lim, each inverter and the whole model against the recordings, side by side; the
+    judges on the recordings themselves and on every path's audio."""
+    from waeserver.bench import inversion_quality
+    from waeserver.dataset import NoteDataset
+    from waeserver.evaluate import train_classifiers
+
+    b = load_bundle(make_test_bundle(tiny_dataset.parent / "tiny-model-22k"))
+    judges, _ = train_classifiers(NoteDataset(tiny_dataset), torch.device("cpu"), epochs=1, progress=False)
+    q = inversion_quality(b, tiny_dataset, max_notes=4, batch=2, judges=judges)
+    assert q["notes"] == 4 and q["inverter"] == "harmonic"
+    for path in ("gla", "harmonic", "mcnn", "model"):
+        assert set(q[path]) == {"sc", "lsd_db", "mrstft"} and all(np.isfinite(v) for v in q[path].values())
+    # an untrained inverter is far from the recordings; Griffin-Lim of the real mels is not
+    assert q["gla"]["sc"] < q["harmonic"]["sc"]
+    assert set(q["judges"]) == {"recording", "gla", "harmonic", "mcnn", "model"}
+    assert all(set(v) == {"pitch_class", "octave", "style"} for v in q["judges"].values())

@@ -1,4 +1,4 @@
-"""Mel inverse, Griffin-Lim on a real note, the MCNN and its spectral losses."""
+"""Mel inverse, Griffin-Lim on a real note, the MCNN, inverter training and the spectral losses."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from waeserver.dataset import NoteDataset
-from waeserver.mcnn import (MCNN, MCNNConfig, MCNNTrainConfig, Upsample2, load_mcnn, midi_to_f0,
-                            random_crops, train_mcnn)
+from waeserver.inverter_training import InverterTrainConfig, random_crops, train_inverter
+from waeserver.inverters import load_inverter, new_inverter
+from waeserver.mcnn import MCNN, MCNNConfig, Upsample2, midi_to_f0
 from waeserver.spectral import (MelSpectrogram, griffin_lim, mel_filterbank, mel_to_linear,
                                 spectral_convergence)
 from waeserver.stft_loss import MultiResolutionSTFTLoss
@@ -145,7 +146,8 @@ def test_stft_loss_is_zero_for_the_same_wave_and_grows_with_noise(real_note):
     assert set(parts) == {"sc", "mag", "phase"}
 
 
-def test_one_mcnn_training_step_lowers_the_loss(tiny_dataset):
+@pytest.mark.parametrize("kind", ["mcnn", "harmonic"])
+def test_one_training_step_lowers_the_loss(tiny_dataset, kind):
     ds = NoteDataset(tiny_dataset)
     feats = np.ascontiguousarray(ds.features())
     audio = np.stack([ds.audio(i) for i in range(len(ds))])
@@ -154,7 +156,7 @@ def test_one_mcnn_training_step_lowers_the_loss(tiny_dataset):
     assert mel.shape == (4, 128, 8) and wave.shape == (4, 8 * 256) and f0.shape == (4,)
     assert set(f0.round().tolist()) <= set(midi_to_f0(torch.from_numpy(pitch)).round().tolist())
     torch.manual_seed(0)
-    model = MCNN(MCNNConfig(mel_offset=float(feats.mean()), mel_scale=float(feats.std())))
+    model = new_inverter(kind, {"mel_offset": float(feats.mean()), "mel_scale": float(feats.std())})
     loss_fn = MultiResolutionSTFTLoss()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     before, _ = loss_fn(model(mel, f0), wave)
@@ -167,22 +169,23 @@ def test_one_mcnn_training_step_lowers_the_loss(tiny_dataset):
 
 
 def test_train_mcnn_writes_weights_and_resumes(tiny_dataset, tmp_path):
-    config = {"steps": 3, "batch_size": 2, "crop_frames": 8, "checkpoint_every": 2, "log_every": 1,
-              "model": {"heads": 2, "channels": [2]}}
-    result = train_mcnn(tiny_dataset, tmp_path, config, progress=False)
+    config = {"kind": "mcnn", "steps": 3, "batch_size": 2, "crop_frames": 8, "checkpoint_every": 2,
+              "log_every": 1, "model": {"heads": 2, "channels": [2]}}
+    result = train_inverter(tiny_dataset, tmp_path, config, progress=False)
     assert result["step"] == 3 and np.isfinite(result["sc"])
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
     assert len(rows) == 4
-    again = train_mcnn(tiny_dataset, tmp_path, dict(config, steps=5), resume=True, progress=False)
+    again = train_inverter(tiny_dataset, tmp_path, dict(config, steps=5), resume=True, progress=False)
     assert again["step"] == 5
     assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 6
-    model = load_mcnn(tmp_path)
+    model = load_inverter(tmp_path)
+    assert isinstance(model, MCNN)
     assert model(torch.zeros(1, 128, 4), torch.tensor([220.0])).shape == (1, 1024)
-    assert MCNNTrainConfig.from_dict({"steps": 1}).steps == 1
+    assert InverterTrainConfig.from_dict({"steps": 1}).steps == 1
     # a run started from this one with another setting keeps every tensor whose shape fits
-    other = train_mcnn(tiny_dataset, tmp_path / "other", {**config, "steps": 1, "lr": 1e-7, "init": str(tmp_path),
-                                                           "model": {"lowest_band_edge": 150.0}}, progress=False)
+    other = train_inverter(tiny_dataset, tmp_path / "other", {**config, "steps": 1, "lr": 1e-7, "init": str(tmp_path),
+                                                               "model": {"lowest_band_edge": 150.0}}, progress=False)
     assert other["step"] == 1
-    started = load_mcnn(tmp_path / "other")
+    started = load_inverter(tmp_path / "other")
     assert started.cfg.lowest_band_edge == 150.0 and started.cfg.channels == [2]
     assert torch.allclose(started.layers[0].weight, model.layers[0].weight, atol=1e-4)

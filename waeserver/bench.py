@@ -1,15 +1,19 @@
-"""``waeserver bench``: speed and quality of a bundle on this machine.
+"""``waeserver bench``: speed and quality of a bundle on this machine, every inverter side by side.
 
-Speed, for each device (CPU, and CUDA when present), warm, medians over repeats: milliseconds for
-one note (batch of one) by the decoder and by the MCNN apart, notes per second when batched, the
-real-time factor (compute time over note duration), and the MCNN against 100-iteration
-Griffin-Lim on the same note.
+Speed, for each device (CPU with 1 and with 2 threads, and CUDA when present), warm, medians over
+repeats, timed in one run: milliseconds for one note (batch of one) by the decoder and by each of
+the bundle's real-time inverters apart, decoder and default inverter together, notes per second
+when batched, the real-time factor (compute time over note duration), and each inverter against
+100-iteration Griffin-Lim on the same note.
 
 Quality, on the test split of the bundle's dataset (the card's ``training_data.path``, or
-``--data``): spectral convergence and log-spectral distance (dB) against the real recordings of
-the real log-mels inverted by the MCNN and by Griffin-Lim, and of the whole model (encoder,
-decoder, MCNN) when the bundle carries the encoder; and the pitch of generated notes (octaves 3 to
-5, every style, z from the prior) by the independent YIN tracker of :mod:`waeserver.pitch`.
+``--data``): against the real recordings, spectral convergence, log-spectral distance (dB) and the
+multi-resolution STFT distance (the training loss: SC plus log-magnitude L1 at three
+resolutions) of the real log-mels inverted by Griffin-Lim and by each inverter, and of the whole
+model (encoder, decoder, default inverter) when the bundle carries the encoder; with ``judges``
+(the study's attribute classifiers), their accuracy on log-mels recomputed from each path's
+audio, the recordings' own included. And the pitch of generated notes (octaves 3 to 5, every
+style, z from the prior) by the independent YIN tracker of :mod:`waeserver.pitch`.
 """
 
 from __future__ import annotations
@@ -73,13 +77,13 @@ def note_inputs(bundle: Bundle, batch: int, seed: int = 0) -> tuple[torch.Tensor
 
 @torch.no_grad()
 def speed(bundle: Bundle, repeats: int = 50, batch: int = 32, gla_repeats: int = 3) -> dict:
-    """Speed figures of one loaded bundle on its own device."""
+    """Speed figures of one loaded bundle on its own device (and the current thread count)."""
     dev = bundle.device
     pitch, velocity, style, z = (t.to(dev) for t in note_inputs(bundle, 1))
     mel = bundle.decoder(z, pitch, style, velocity)
     f0 = midi_to_f0(pitch)
     decoder_ms = _timed(lambda: bundle.decoder(z, pitch, style, velocity), dev, repeats)
-    mcnn_ms = _timed(lambda: bundle.mcnn(mel, f0), dev, repeats)
+    inverter_ms = {name: _timed(lambda inv=inv: inv(mel, f0), dev, repeats) for name, inv in bundle.inverters.items()}
     note_ms = _timed(lambda: bundle.synthesize(pitch, velocity, style, z), dev, repeats)
     gla_ms = _timed(lambda: griffin_lim(mel_to_linear(mel, bundle.spectral), bundle.spectral,
                                         n_iter=GLA_ITERATIONS), dev, gla_repeats, warmup=1)
@@ -87,57 +91,90 @@ def speed(bundle: Bundle, repeats: int = 50, batch: int = 32, gla_repeats: int =
     batch_ms = _timed(lambda: bundle.synthesize(*many), dev, max(3, repeats // 5))
     duration = bundle.n_samples / bundle.sample_rate
     note = statistics.median(note_ms)
+    gla = statistics.median(gla_ms)
     return {
         "device": str(dev),
         "threads": torch.get_num_threads() if dev.type == "cpu" else None,
         "note_seconds": round(duration, 4),
+        "inverter": bundle.default_inverter,
         "decoder_ms": _summary(decoder_ms),
-        "mcnn_ms": _summary(mcnn_ms),
+        "inverters_ms": {name: _summary(t) for name, t in inverter_ms.items()},
         "note_ms": _summary(note_ms),
         "batch": batch,
         "notes_per_second_batched": round(batch / (statistics.median(batch_ms) / 1000), 1),
         "real_time_factor": round(note / 1000 / duration, 5),
         "gla_ms": _summary(gla_ms),
-        "mcnn_speedup_over_gla": round(statistics.median(gla_ms) / statistics.median(mcnn_ms), 1),
+        "speedup_over_gla": {name: round(gla / statistics.median(t), 1) for name, t in inverter_ms.items()},
     }
 
 
+def test_notes(ds, max_notes: int | None) -> np.ndarray:
+    """The test split, or ``max_notes`` of it spread evenly (styles and octaves stay mixed)."""
+    test = ds.indices("test")
+    if max_notes is None or max_notes >= len(test):
+        return test
+    return test[np.linspace(0, len(test) - 1, max_notes).round().astype(int)]
+
+
 @torch.no_grad()
-def inversion_quality(bundle: Bundle, data_dir: str | Path, max_notes: int = 48, batch: int = 16) -> dict:
-    """SC and LSD against the real audio of test notes: MCNN and Griffin-Lim on the real log-mels,
-    and the whole model (encoder -> decoder -> MCNN) when the bundle has the encoder."""
+def inversion_quality(bundle: Bundle, data_dir: str | Path, max_notes: int | None = 48, batch: int = 16,
+                      judges=None) -> dict:
+    """Against the real audio of test notes: SC, LSD and multi-resolution STFT distance of Griffin-Lim
+    and of each inverter on the real log-mels, and of the whole model (encoder -> decoder -> default
+    inverter) when the bundle has the encoder; with ``judges``, their accuracy on every path's audio."""
     from waeserver.dataset import NoteDataset
+    from waeserver.spectral import MelSpectrogram
+    from waeserver.stft_loss import MultiResolutionSTFTLoss
 
     ds = NoteDataset(data_dir)
     if ds.spectral != bundle.spectral:
         raise BundleError(f"{ds.root} has other spectral settings than {bundle.name}")
-    test = ds.indices("test")
-    picks = test[np.linspace(0, len(test) - 1, min(max_notes, len(test))).round().astype(int)]
+    picks = test_notes(ds, max_notes)
     feats = ds.features()
     labels = ds.labels(picks)
-    scores: dict[str, dict[str, list]] = {k: {"sc": [], "lsd_db": []} for k in ("mcnn", "gla", "model")}
     dev = bundle.device
+    to_mel = MelSpectrogram(ds.spectral).to(dev)
+    distance = MultiResolutionSTFTLoss().to(dev)
+    scores: dict[str, dict[str, list]] = {}
+    heard: dict[str, dict[str, list]] = {}
+
+    def judge(name: str, wave: torch.Tensor, s: int) -> None:
+        if judges is not None:
+            from waeserver.evaluate import classify
+
+            predicted = classify(judges, to_mel(wave))
+            for attribute, values in predicted.items():
+                heard.setdefault(name, {}).setdefault(attribute, []).append(
+                    values == labels[attribute][s:s + len(wave)])
+
     for s in range(0, len(picks), batch):
         idx = picks[s:s + batch]
         mel = torch.from_numpy(np.ascontiguousarray(feats[idx])).to(dev)
         real = torch.from_numpy(np.stack([ds.audio(int(i)) for i in idx])).to(dev)
         pitch = torch.from_numpy(labels["pitch"][s:s + batch]).to(dev)
         true_mag = stft_magnitude(real, ds.spectral)
-        outputs = {"mcnn": bundle.mcnn(mel, midi_to_f0(pitch)),
-                   "gla": griffin_lim(mel_to_linear(mel, ds.spectral), ds.spectral, n_iter=GLA_ITERATIONS)}
+        outputs = {"gla": griffin_lim(mel_to_linear(mel, ds.spectral), ds.spectral, n_iter=GLA_ITERATIONS)}
+        outputs.update({name: inv(mel, midi_to_f0(pitch)) for name, inv in bundle.inverters.items()})
         style_names = [ds.rows[int(i)]["style"] for i in idx]
         if bundle.encoder is not None and all(n in bundle.styles for n in style_names):
             style = torch.stack([bundle.style_weights({n: 1.0}) for n in style_names]).to(dev)
             velocity = torch.from_numpy(labels["velocity"][s:s + batch]).float().div(127).to(dev)
             outputs["model"] = bundle.synthesize(pitch, velocity, style, bundle.encoder(mel))
+        judge("recording", real, s)
         for name, wave in outputs.items():
             mag = stft_magnitude(wave, ds.spectral)
-            scores[name]["sc"].append(spectral_convergence(mag, true_mag))
-            scores[name]["lsd_db"].append(log_spectral_distance(mag, true_mag))
-    result = {"data": str(ds.root), "notes": int(len(picks))}
+            part = scores.setdefault(name, {"sc": [], "lsd_db": [], "mrstft": []})
+            part["sc"].append(spectral_convergence(mag, true_mag))
+            part["lsd_db"].append(log_spectral_distance(mag, true_mag))
+            part["mrstft"].append(torch.stack([distance(wave[i:i + 1], real[i:i + 1])[0]
+                                               for i in range(len(wave))]))
+            judge(name, wave, s)
+    result = {"data": str(ds.root), "notes": int(len(picks)), "inverter": bundle.default_inverter}
     for name, parts in scores.items():
-        if parts["sc"]:
-            result[name] = {k: round(float(torch.cat(v).mean()), 4) for k, v in parts.items()}
+        result[name] = {k: round(float(torch.cat(v).mean()), 4) for k, v in parts.items()}
+    if judges is not None:
+        result["judges"] = {name: {k: round(float(np.mean(np.concatenate(v))), 4) for k, v in per.items()}
+                            for name, per in heard.items()}
     return result
 
 
@@ -198,24 +235,37 @@ def machine() -> dict:
 
 
 def bench(model: str | Path, devices: list[str] | None = None, data: str | Path | None = None,
-          repeats: int = 50, quality: bool = True) -> dict:
-    """Every figure of ``waeserver bench`` as a dict."""
+          repeats: int = 50, quality: bool = True, threads: tuple[int, ...] = (1, 2),
+          max_notes: int | None = 48, judges_dir: str | Path | None = None) -> dict:
+    """Every figure of ``waeserver bench`` as a dict (CPU speed once per thread count, in one run)."""
     devices = devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     report: dict = {"machine": machine(), "speed": [], "model": None}
     first = None
+    before = torch.get_num_threads()
     for name in devices:
         b = load_bundle(model, name)
         first = first or b
         report["model"] = b.name
-        log.info("bench: speed of %s on %s", b.name, b.device)
-        report["speed"].append(speed(b, repeats))
+        for count in (threads if b.device.type == "cpu" else (before,)):
+            torch.set_num_threads(count)
+            log.info("bench: speed of %s on %s, %d threads", b.name, b.device, count)
+            report["speed"].append(speed(b, repeats))
+        torch.set_num_threads(before)
     if quality:
         data = data or (first.card.get("training_data") or {}).get("path")
         if data and not Path(data).is_absolute() and not Path(data).is_dir():
             data = MODELS_DIR.parent / data   # cards give the repository-relative path
         if data and Path(data).is_dir():
+            judges = None
+            if judges_dir is not None:
+                from waeserver.dataset import NoteDataset
+                from waeserver.evaluate import load_or_train_classifiers
+
+                Path(judges_dir).mkdir(parents=True, exist_ok=True)
+                judges, accuracy = load_or_train_classifiers(NoteDataset(data), Path(judges_dir), first.device)
+                report["judges_test_accuracy"] = accuracy
             log.info("bench: inversion quality on %s", data)
-            report["quality"] = inversion_quality(first, data)
+            report["quality"] = inversion_quality(first, data, max_notes=max_notes, judges=judges)
         else:
             report["quality"] = {"skipped": "no dataset (give --data DIR)"}
         log.info("bench: pitch of generated notes")
@@ -230,15 +280,20 @@ def format_report(report: dict) -> str:
                 if report["machine"].get("load_average") else "")]
     for s in report["speed"]:
         threads = f", {s['threads']} threads" if s["threads"] else ""
+        each = ", ".join(f"{k} {v['median']} ms" for k, v in s["inverters_ms"].items())
+        faster = ", ".join(f"{k} {v}x" for k, v in s["speedup_over_gla"].items())
         lines += [f"[{s['device']}{threads}] one {s['note_seconds']} s note: decoder {s['decoder_ms']['median']} ms, "
-                  f"MCNN {s['mcnn_ms']['median']} ms, together {s['note_ms']['median']} ms "
+                  f"inverters {each}; decoder + {s['inverter']} {s['note_ms']['median']} ms "
                   f"(p90 {s['note_ms']['p90']}), real-time factor {s['real_time_factor']}",
-                  f"[{s['device']}] batched ({s['batch']}): {s['notes_per_second_batched']} notes/s; "
-                  f"Griffin-Lim x{GLA_ITERATIONS} {s['gla_ms']['median']} ms: MCNN {s['mcnn_speedup_over_gla']}x faster"]
+                  f"[{s['device']}{threads}] batched ({s['batch']}): {s['notes_per_second_batched']} notes/s; "
+                  f"Griffin-Lim x{GLA_ITERATIONS} {s['gla_ms']['median']} ms; faster than it: {faster}"]
     q = report.get("quality", {})
-    if "mcnn" in q:
-        parts = [f"{k} SC {q[k]['sc']} LSD {q[k]['lsd_db']} dB" for k in ("mcnn", "gla", "model") if k in q]
-        lines.append(f"quality on {q['notes']} test notes: " + "; ".join(parts))
+    if "gla" in q:
+        paths = [k for k in q if isinstance(q[k], dict) and "sc" in q[k]]
+        lines.append(f"quality on {q['notes']} test notes: " + "; ".join(
+            f"{k} SC {q[k]['sc']} LSD {q[k]['lsd_db']} dB MR-STFT {q[k]['mrstft']}" for k in paths))
+        for path, acc in (q.get("judges") or {}).items():
+            lines.append(f"judges on {path}: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in acc.items()))
     elif q:
         lines.append(f"quality: {q.get('skipped')}")
     p = report.get("pitch")
@@ -253,7 +308,8 @@ def run_bench(args: argparse.Namespace) -> int:
     device = getattr(args, "device", None)
     devices = None if device in (None, "auto", "all") else [device]
     report = bench(args.model, devices, getattr(args, "data", None), getattr(args, "repeats", None) or 50,
-                   quality=not getattr(args, "speed_only", False))
+                   quality=not getattr(args, "speed_only", False), max_notes=getattr(args, "notes", 48),
+                   judges_dir=getattr(args, "judges", None))
     print(format_report(report))
     if getattr(args, "json", None):
         Path(args.json).write_text(json.dumps(report, indent=2))

@@ -3,15 +3,21 @@
 Stages, each recorded in ``WORK/stages.yaml`` when done, each resumable from its own checkpoints
 when interrupted (run the same command again)::
 
-    autoencoder   WAE-Fader through waeserver.train (or an already trained run: --ae-run)
-    mcnn          the MCNN on the dataset's real audio (or an already trained one: --mcnn-run)
-    finetune      the decoder through the frozen MCNN (waeserver.finetune)
-    evaluate      the study's metrics (waeserver.evaluate) on the auto-encoder
+    autoencoder   WAE-Fader through waeserver.train (or an already trained run: --ae-run; or the
+                  encoder and decoder of an existing bundle: --from-bundle)
+    inverter      the real-time inverter on the dataset's real audio (waeserver.inverter_training;
+                  the harmonic one unless the config's ``inverter`` section says otherwise), or an
+                  already trained one: --inverter-run
+    finetune      the decoder through the frozen inverter (waeserver.finetune)
+    evaluate      the study's metrics (waeserver.evaluate) on the auto-encoder (with --from-bundle
+                  the bundle's own figures are kept)
     bundle        weights and card to --out, then the audio figures (inversion quality, pitch of
                   generated notes) measured on the bundle itself and written into its card
                   (speed belongs to a machine: ``waeserver bench``)
 
-``WORK`` defaults to ``runs/build-NAME``.
+With --from-bundle the new bundle also carries the old bundle's inverters under their names (a
+version 1 bundle's MCNN as ``mcnn``), so the study can compare them. ``WORK`` defaults to
+``runs/build-NAME``.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import yaml
 
 log = logging.getLogger(__name__)
 
-STAGES = ("autoencoder", "mcnn", "finetune", "evaluate", "bundle")
+STAGES = ("autoencoder", "inverter", "finetune", "evaluate", "bundle")
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -102,16 +108,18 @@ def _autoencoder_summary(report: dict) -> dict:
 
 
 def build_model(data: str | Path, out: str | Path, device: str = "auto", work: str | Path | None = None,
-                ae_run: str | Path | None = None, mcnn_run: str | Path | None = None,
-                mcnn_config: dict | None = None, finetune_config: dict | None = None,
-                ae_config: dict | None = None, keep_encoder: bool = True, progress: bool = True) -> Path:
+                ae_run: str | Path | None = None, inverter_run: str | Path | None = None,
+                inverter_config: dict | None = None, finetune_config: dict | None = None,
+                ae_config: dict | None = None, keep_encoder: bool = True, from_bundle: str | Path | None = None,
+                progress: bool = True) -> Path:
     """Run (or resume) every stage; returns the bundle folder."""
     from waeserver.bench import inversion_quality, pitch_accuracy
     from waeserver.bundle import load_bundle, pick_device, save_bundle
     from waeserver.dataset import NoteDataset
     from waeserver.evaluate import evaluate
     from waeserver.finetune import finetune_decoder
-    from waeserver.mcnn import load_mcnn, train_mcnn
+    from waeserver.inverter_training import train_inverter
+    from waeserver.inverters import describe, inverter_files, kind_of, load_inverter
     from waeserver.train import load_wae, train
 
     data, out = Path(data), Path(out)
@@ -121,45 +129,60 @@ def build_model(data: str | Path, out: str | Path, device: str = "auto", work: s
     stages = Stages(work, data)
     dev = pick_device(device)
     started = time.monotonic()
+    if ae_run and from_bundle:
+        raise BuildError("give --ae-run or --from-bundle, not both")
+    source = load_bundle(from_bundle, "cpu") if from_bundle else None
+    if source is not None and (source.styles != ds.styles or source.spectral != ds.spectral):
+        raise BuildError(f"{from_bundle} was not trained on {data} (styles or spectral settings differ)")
 
     # 1. auto-encoder
     if not stages.done("autoencoder"):
-        if ae_run:
-            run = Path(ae_run)
+        if source is not None:
+            stages.mark("autoencoder", {"bundle": str(source.path), "training": source.card.get("training", {})})
         else:
-            run = work / "autoencoder"
-            if not (run / "model.safetensors").is_file():
+            run = Path(ae_run) if ae_run else work / "autoencoder"
+            if not ae_run and not (run / "model.safetensors").is_file():
                 train(data, "wae-fader", run, ae_config, str(dev), resume=(run / "checkpoint.pt").is_file(),
                       progress=progress)
-        _, meta = load_wae(run, "cpu")
-        if list(meta.get("styles", [])) != ds.styles or meta.get("spectral") != ds.spectral.to_dict():
-            raise BuildError(f"{run} was not trained on {data} (styles or spectral settings differ)")
-        stages.mark("autoencoder", {"run": str(run), "training": meta.get("training", {})})
-    ae = Path(stages.done("autoencoder")["run"])
+            _, meta = load_wae(run, "cpu")
+            if list(meta.get("styles", [])) != ds.styles or meta.get("spectral") != ds.spectral.to_dict():
+                raise BuildError(f"{run} was not trained on {data} (styles or spectral settings differ)")
+            stages.mark("autoencoder", {"run": str(run), "training": meta.get("training", {})})
+    if source is not None:
+        wae = _wae_of(source, dev)
+        pitch_range = list(source.pitch_range)
+    else:
+        wae, meta = load_wae(Path(stages.done("autoencoder")["run"]), dev)
+        pitch_range = meta.get("pitch_range")
 
-    # 2. MCNN
-    if not stages.done("mcnn"):
-        if mcnn_run:
-            mcnn_dir = Path(mcnn_run)
-            if not (mcnn_dir / "mcnn.safetensors").is_file():
-                raise BuildError(f"{mcnn_dir} holds no trained MCNN (mcnn.safetensors)")
-            mcnn_metrics = yaml.safe_load((mcnn_dir / "metrics.yaml").read_text()) \
-                if (mcnn_dir / "metrics.yaml").is_file() else {}
+    # 2. real-time inverter
+    if not stages.done("inverter"):
+        if inverter_run:
+            inv_dir = Path(inverter_run)
+            if inverter_files(inv_dir) is None:
+                raise BuildError(f"{inv_dir} holds no trained inverter (inverter.safetensors)")
+            inv_metrics = yaml.safe_load((inv_dir / "metrics.yaml").read_text()) \
+                if (inv_dir / "metrics.yaml").is_file() else {}
         else:
-            mcnn_dir = work / "mcnn"
-            mcnn_metrics = train_mcnn(data, mcnn_dir, mcnn_config, dev, resume=True, progress=progress)
-        mcnn = load_mcnn(mcnn_dir)
-        if mcnn.cfg.sample_rate != ds.sample_rate or mcnn.cfg.hop_length != ds.spectral.hop_length:
-            raise BuildError(f"{mcnn_dir} was trained for another sample rate or hop than {data}")
-        stages.mark("mcnn", {"run": str(mcnn_dir), "valid": mcnn_metrics})
-    mcnn_dir = Path(stages.done("mcnn")["run"])
+            inv_dir = work / "inverter"
+            inv_metrics = train_inverter(data, inv_dir, inverter_config, dev, resume=True, progress=progress)
+        inverter = load_inverter(inv_dir)
+        if inverter.cfg.sample_rate != ds.sample_rate or inverter.cfg.hop_length != ds.spectral.hop_length:
+            raise BuildError(f"{inv_dir} was trained for another sample rate or hop than {data}")
+        stages.mark("inverter", {"run": str(inv_dir), "valid": inv_metrics})
+    inv_dir = Path(stages.done("inverter")["run"])
+    inverter = load_inverter(inv_dir, dev)
+    name = kind_of(inverter)
+    inverters = {name: inverter}
+    if source is not None:
+        # the old bundle's inverters, for comparison (an old one of the same name gives way)
+        inverters.update({f"{k}-before" if k == name else k: v.to(dev)
+                          for k, v in source.inverters.items()})
 
     # 3. fine-tuning
-    wae, meta = load_wae(ae, dev)
-    mcnn = load_mcnn(mcnn_dir, dev)
     ft_dir = work / "finetune"
     if not stages.done("finetune"):
-        result = finetune_decoder(wae, mcnn, data, ft_dir, finetune_config, resume=True, progress=progress)
+        result = finetune_decoder(wae, inverter, data, ft_dir, finetune_config, resume=True, progress=progress)
         stages.mark("finetune", result)
     from safetensors.torch import load_file
     wae.decoder.load_state_dict(load_file(str(ft_dir / "decoder.safetensors")))
@@ -167,28 +190,52 @@ def build_model(data: str | Path, out: str | Path, device: str = "auto", work: s
 
     # 4. the study's evaluation of the auto-encoder
     if not stages.done("evaluate"):
-        report = evaluate([ae], data, work / "evaluate", str(dev), progress=progress)
-        stages.mark("evaluate", _autoencoder_summary(report))
+        if source is not None:
+            stages.mark("evaluate", (source.card.get("evaluation") or {}).get("autoencoder") or {})
+        else:
+            report = evaluate([Path(stages.done("autoencoder")["run"])], data, work / "evaluate", str(dev),
+                              progress=progress)
+            stages.mark("evaluate", _autoencoder_summary(report))
 
     # 5. bundle, then its audio figures into the card
     info = dataset_card(ds)
-    info["pitch_range"] = meta.get("pitch_range", info["pitch_range"])
-    evaluation = {"autoencoder": stages.done("evaluate"), "mcnn_valid": stages.done("mcnn")["valid"],
+    info["pitch_range"] = pitch_range or info["pitch_range"]
+    evaluation = {"autoencoder": stages.done("evaluate"), "inverter_valid": stages.done("inverter")["valid"],
                   "finetune": stages.done("finetune")}
     info["evaluation"] = evaluation
-    info["training"] = {"autoencoder": _repo_relative(ae), "mcnn": _repo_relative(mcnn_dir),
-                        "autoencoder_summary": stages.done("autoencoder")["training"]}
+    ae_from = stages.done("autoencoder")
+    info["training"] = {"autoencoder": _repo_relative(Path(ae_from.get("run") or ae_from["bundle"])),
+                        "inverter": _repo_relative(inv_dir), "inverter_config": describe(inverter),
+                        "autoencoder_summary": ae_from["training"]}
     encoder = wae.encoder if keep_encoder else None
-    save_bundle(out, wae.decoder, mcnn, ds.spectral, ds.styles, name=out.name, encoder=encoder, info=info)
+
+    def write() -> None:
+        save_bundle(out, wae.decoder, inverters, ds.spectral, ds.styles, default_inverter=name,
+                    name=out.name, encoder=encoder, info=info)
+
+    write()
     bundle = load_bundle(out, dev)
     evaluation["audio"] = inversion_quality(bundle, data)
     evaluation["pitch"] = pitch_accuracy(bundle)
-    save_bundle(out, wae.decoder, mcnn, ds.spectral, ds.styles, name=out.name, encoder=encoder, info=info)
+    write()
     load_bundle(out, "cpu")
     stages.mark("bundle", {"out": str(out), "seconds": round(time.monotonic() - started, 1)})
-    log.info("build: %s written (pitch within 50 cents: %.1f%%, MCNN SC %.3f)", out,
-             100 * evaluation["pitch"].get("within_tolerance", 0), evaluation["audio"]["mcnn"]["sc"])
+    log.info("build: %s written (pitch within 50 cents: %.1f%%, %s SC %.3f)", out,
+             100 * evaluation["pitch"].get("within_tolerance", 0), name, evaluation["audio"][name]["sc"])
     return out
+
+
+def _wae_of(bundle, device):
+    """A WAE holding a bundle's encoder and decoder (no discriminator: nothing here trains it)."""
+    from waeserver.modules import WAE, ModelConfig
+
+    if bundle.encoder is None:
+        raise BuildError(f"{bundle.path} carries no encoder: fine-tuning needs one")
+    cfg = ModelConfig.from_dict(bundle.card["model"])
+    wae = WAE(cfg)
+    wae.encoder.load_state_dict(bundle.encoder.state_dict())
+    wae.decoder.load_state_dict(bundle.decoder.state_dict())
+    return wae.to(device).eval()
 
 
 def _yaml_arg(path: Path | None, what: str) -> dict | None:
@@ -206,20 +253,22 @@ def _yaml_arg(path: Path | None, what: str) -> dict | None:
 def run_build(args: argparse.Namespace) -> int:
     """Handler of ``waeserver build-model``."""
     config = _yaml_arg(getattr(args, "config", None), "build") or {}
-    unknown = set(config) - {"autoencoder", "mcnn", "finetune"}
+    unknown = set(config) - {"autoencoder", "inverter", "finetune"}
     if unknown:
         raise BuildError(f"unknown build settings: {', '.join(sorted(unknown))} "
-                         "(expected autoencoder, mcnn, finetune)")
+                         "(expected autoencoder, inverter, finetune)")
     out = build_model(args.data, args.out, getattr(args, "device", "auto") or "auto",
                       work=getattr(args, "work", None), ae_run=getattr(args, "ae_run", None),
-                      mcnn_run=getattr(args, "mcnn_run", None), mcnn_config=config.get("mcnn"),
+                      inverter_run=getattr(args, "inverter_run", None), inverter_config=config.get("inverter"),
                       finetune_config=config.get("finetune"), ae_config=config.get("autoencoder"),
-                      keep_encoder=not getattr(args, "no_encoder", False))
+                      keep_encoder=not getattr(args, "no_encoder", False),
+                      from_bundle=getattr(args, "from_bundle", None))
     card = yaml.safe_load((out / "card.yaml").read_text())
     pitch = card["evaluation"]["pitch"]
+    name = card["inverter"]
     print(f"built {out}: {len(card['styles'])} styles, pitch within 50 cents for "
           f"{100 * pitch.get('within_tolerance', 0):.1f}% of generated notes, "
-          f"MCNN SC {card['evaluation']['audio']['mcnn']['sc']}")
+          f"{name} inverter SC {card['evaluation']['audio'][name]['sc']}")
     return 0
 
 

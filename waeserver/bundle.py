@@ -4,9 +4,14 @@ A bundle is a folder ``models/NAME/``::
 
     card.yaml              what the model is: styles, attribute sets, latent size, sample rate,
                            spectral settings, pitch range (overall and per style), training data,
-                           evaluation figures, versions, model and MCNN configs, normalisation,
-                           and the sha256 of the weights file
-    weights.safetensors    decoder (``decoder.*``) and MCNN (``mcnn.*``) weights; encoder optional
+                           evaluation figures, versions, the model's config, its real-time
+                           inverters (``inverters``: name -> kind and config; ``inverter``: the
+                           default one), normalisation, and the sha256 of the weights file
+    weights.safetensors    decoder (``decoder.*``) and each inverter's (``inverter.NAME.*``)
+                           weights; encoder (``encoder.*``) optional
+
+Card version 1 (bundles made before the harmonic inverter) held one MCNN (``mcnn`` section,
+``mcnn.*`` weights); it still loads, as a bundle whose one inverter is ``mcnn``.
 
 Loading checks the card's format version, the weights' hash, and every key and shape of the
 weights against the networks the card describes, and refuses anything else with a
@@ -25,7 +30,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import waeserver
-from waeserver.mcnn import MCNN, MCNNConfig, midi_to_f0
+from torch import nn
+
+from waeserver.inverters import build_inverter, describe
+from waeserver.mcnn import midi_to_f0
 from waeserver.modules import Decoder, Encoder, ModelConfig
 from waeserver.spectral import SpectralConfig, griffin_lim, mel_to_linear
 
@@ -33,12 +41,14 @@ log = logging.getLogger(__name__)
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 CARD_FORMAT = "waeserver-bundle"
-CARD_VERSION = 1
+CARD_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 CARD_FILE = "card.yaml"
 WEIGHTS_FILE = "weights.safetensors"
 PITCH_CLASS_NAMES = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"]
-REQUIRED_KEYS = ("format", "version", "name", "styles", "latent_size", "sample_rate", "spectral",
-                 "pitch_range", "model", "mcnn", "weights")
+COMMON_KEYS = ("format", "version", "name", "styles", "latent_size", "sample_rate", "spectral",
+               "pitch_range", "model", "weights")
+REQUIRED_KEYS = {1: COMMON_KEYS + ("mcnn",), 2: COMMON_KEYS + ("inverters", "inverter")}
 
 
 class BundleError(ValueError):
@@ -69,14 +79,14 @@ def pick_device(device: str | torch.device) -> torch.device:
 
 
 class Bundle:
-    """A loaded bundle: decoder and MCNN on one device, plus the card.
+    """A loaded bundle: decoder and real-time inverters on one device, plus the card.
 
     Shapes: ``pitch [B]`` int64 MIDI, ``velocity [B]`` float 0..1, ``style [B,S]`` float fader
     weights (0..2), ``z [B,D]``; waveforms ``[B, T]`` float32 with ``T = n_frames * hop``.
     """
 
-    def __init__(self, card: dict, path: Path, decoder: Decoder, mcnn: MCNN, device: torch.device,
-                 encoder: Encoder | None = None):
+    def __init__(self, card: dict, path: Path, decoder: Decoder, inverters: dict[str, nn.Module],
+                 default_inverter: str, device: torch.device, encoder: Encoder | None = None):
         self.card = card
         self.path = path
         self.name: str = card["name"]
@@ -87,8 +97,23 @@ class Bundle:
         self.spectral = SpectralConfig.from_dict(card["spectral"])
         self.device = device
         self.decoder = decoder
-        self.mcnn = mcnn
+        self.inverters = inverters
+        self.default_inverter = default_inverter
         self.encoder = encoder
+
+    @property
+    def inverter(self) -> nn.Module:
+        """The bundle's own real-time inverter (``log-mel [B,M,F], f0 [B] Hz -> [B, T]``)."""
+        return self.inverters[self.default_inverter]
+
+    def get_inverter(self, name: str | None) -> nn.Module:
+        """An inverter by name (None: the default); an unknown name is refused, listing the bundle's."""
+        if name is None:
+            return self.inverter
+        if name not in self.inverters:
+            raise BundleError(f"{self.name} has no inverter {name!r}; it has: {', '.join(self.inverters)}"
+                              " (and gla, Griffin-Lim)")
+        return self.inverters[name]
 
     @property
     def n_samples(self) -> int:
@@ -117,10 +142,12 @@ class Bundle:
         return self.decoder(z, pitch, style, velocity)
 
     @torch.no_grad()
-    def synthesize(self, pitch, velocity, style, z) -> torch.Tensor:
-        """Decoder then MCNN: waveform ``[B, T]`` float32 on :attr:`device`."""
+    def synthesize(self, pitch, velocity, style, z, inverter: str | None = None) -> torch.Tensor:
+        """Decoder then a real-time inverter (the default one unless named): ``[B, T]`` float32
+        on :attr:`device`."""
+        invert = self.get_inverter(inverter)
         pitch, velocity, style, z = self._inputs(pitch, velocity, style, z)
-        return self.mcnn(self.decoder(z, pitch, style, velocity), midi_to_f0(pitch))
+        return invert(self.decoder(z, pitch, style, velocity), midi_to_f0(pitch))
 
     @torch.no_grad()
     def griffin_lim(self, pitch, velocity, style, z, n_iter: int = 100) -> torch.Tensor:
@@ -132,14 +159,31 @@ class Bundle:
 def _check_card(card, where: Path) -> None:
     if not isinstance(card, dict):
         raise BundleError(f"{where}: card is not a mapping")
-    missing = [k for k in REQUIRED_KEYS if k not in card]
+    if card.get("format") != CARD_FORMAT:
+        raise BundleError(f"{where}: not a waeserver bundle card (format {card.get('format')!r})")
+    if card.get("version") not in READABLE_VERSIONS:
+        raise BundleError(f"{where}: card version {card.get('version')!r} is not supported "
+                          f"(this waeserver reads versions {', '.join(map(str, READABLE_VERSIONS))})")
+    missing = [k for k in REQUIRED_KEYS[card["version"]] if k not in card]
     if missing:
         raise BundleError(f"{where}: card lacks {', '.join(missing)}")
-    if card["format"] != CARD_FORMAT:
-        raise BundleError(f"{where}: not a waeserver bundle card (format {card['format']!r})")
-    if card["version"] != CARD_VERSION:
-        raise BundleError(f"{where}: card version {card['version']!r} is not supported "
-                          f"(this waeserver reads version {CARD_VERSION})")
+
+
+def _card_inverters(card: dict, where: Path) -> tuple[dict[str, dict], str, dict[str, str]]:
+    """The card's inverters (name -> kind and config), the default's name, and each one's
+    weight prefix; a version 1 card's one MCNN is ``mcnn`` under ``mcnn.*``."""
+    if card["version"] == 1:
+        return {"mcnn": {"kind": "mcnn", "config": card["mcnn"]}}, "mcnn", {"mcnn": "mcnn"}
+    described = card["inverters"]
+    if not isinstance(described, dict) or not described:
+        raise BundleError(f"{where}: card's inverters must be a non-empty mapping of name to kind and config")
+    for name, entry in described.items():
+        if not isinstance(entry, dict) or "kind" not in entry or not isinstance(entry.get("config"), dict):
+            raise BundleError(f"{where}: card's inverter {name!r} needs a kind and a config")
+    if card["inverter"] not in described:
+        raise BundleError(f"{where}: card's default inverter {card['inverter']!r} is not among its "
+                          f"inverters ({', '.join(described)})")
+    return described, card["inverter"], {name: f"inverter.{name}" for name in described}
 
 
 def _load_state(module: torch.nn.Module, tensors: dict, prefix: str, where: Path) -> None:
@@ -179,58 +223,71 @@ def load_bundle(path_or_name: str | Path, device: str | torch.device = "cpu") ->
     if actual != expected_hash:
         raise BundleError(f"{root}: weights file does not match the card's sha256 "
                           f"(corrupt or altered: {actual[:12]}... != {str(expected_hash)[:12]}...)")
+    described, default, prefixes = _card_inverters(card, root)
     try:
         spectral = SpectralConfig.from_dict(card["spectral"])
         model_cfg = ModelConfig.from_dict(card["model"])
-        mcnn_cfg = MCNNConfig.from_dict(card["mcnn"])
+        inverters = {name: build_inverter(entry["kind"], entry["config"]) for name, entry in described.items()}
     except (TypeError, ValueError) as exc:
         raise BundleError(f"{root}: card settings are invalid ({exc})") from exc
     if model_cfg.latent != int(card["latent_size"]) or model_cfg.n_styles != len(card["styles"]):
         raise BundleError(f"{root}: card's latent size or style list disagrees with its model config")
-    if spectral.sample_rate != int(card["sample_rate"]) or mcnn_cfg.hop_length != spectral.hop_length \
-            or mcnn_cfg.sample_rate != spectral.sample_rate \
-            or mcnn_cfg.n_mels != model_cfg.n_mels or spectral.n_mels != model_cfg.n_mels:
+    if spectral.sample_rate != int(card["sample_rate"]) or spectral.n_mels != model_cfg.n_mels or any(
+            inv.cfg.hop_length != spectral.hop_length or inv.cfg.sample_rate != spectral.sample_rate
+            or inv.cfg.n_mels != model_cfg.n_mels for inv in inverters.values()):
         raise BundleError(f"{root}: card's sample rate, hop or mel bands disagree between its sections")
     try:
         tensors = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise BundleError(f"{weights_path}: unreadable weights ({exc})") from exc
-    decoder, mcnn = Decoder(model_cfg), MCNN(mcnn_cfg)
+    decoder = Decoder(model_cfg)
     _load_state(decoder, tensors, "decoder", root)
-    _load_state(mcnn, tensors, "mcnn", root)
+    for name, module in inverters.items():
+        _load_state(module, tensors, prefixes[name], root)
+    known = ("decoder.", "encoder.") + tuple(p + "." for p in prefixes.values())
+    stray = sorted({k.rsplit(".", 1)[0] for k in tensors if not k.startswith(known)})
+    if stray:
+        raise BundleError(f"{root}: weights hold tensors the card does not describe ({', '.join(stray[:3])})")
     encoder = None
     if any(k.startswith("encoder.") for k in tensors):
         encoder = Encoder(model_cfg)
         _load_state(encoder, tensors, "encoder", root)
     dev = pick_device(device)
-    for module in (decoder, mcnn, encoder):
+    for module in (decoder, encoder, *inverters.values()):
         if module is not None:
             module.to(dev).eval()
     log.info("loaded bundle %s (%d styles, latent %d, %d Hz) on %s", card["name"], len(card["styles"]),
              model_cfg.latent, spectral.sample_rate, dev)
-    return Bundle(card, root, decoder, mcnn, dev, encoder)
+    return Bundle(card, root, decoder, inverters, default, dev, encoder)
 
 
-def save_bundle(out: str | Path, decoder: Decoder, mcnn: MCNN, spectral: SpectralConfig,
-                styles: list[str], *, name: str | None = None, encoder: Encoder | None = None,
-                info: dict | None = None) -> Path:
+def save_bundle(out: str | Path, decoder: Decoder, inverters: dict[str, nn.Module], spectral: SpectralConfig,
+                styles: list[str], *, default_inverter: str | None = None, name: str | None = None,
+                encoder: Encoder | None = None, info: dict | None = None) -> Path:
     """Write ``out/weights.safetensors`` and ``out/card.yaml``; returns ``out``.
 
-    ``info`` adds or overrides card entries: ``attributes``, ``pitch_range``, ``style_ranges``,
-    ``training_data``, ``evaluation``, ...
+    ``inverters`` maps names to real-time inverters; ``default_inverter`` (else the first) is the
+    one the bundle plays with. ``info`` adds or overrides card entries: ``attributes``,
+    ``pitch_range``, ``style_ranges``, ``training_data``, ``evaluation``, ...
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if not inverters:
+        raise BundleError("a bundle needs at least one real-time inverter")
+    default_inverter = default_inverter or next(iter(inverters))
+    if default_inverter not in inverters:
+        raise BundleError(f"default inverter {default_inverter!r} is not among {', '.join(inverters)}")
+    model_cfg: ModelConfig = decoder.cfg
+    if model_cfg.n_styles != len(styles):
+        raise BundleError(f"decoder has {model_cfg.n_styles} styles, {len(styles)} names given")
+    parts = [("decoder", decoder), ("encoder", encoder)] + [(f"inverter.{k}", m) for k, m in inverters.items()]
     tensors = {}
-    for prefix, module in (("decoder", decoder), ("mcnn", mcnn), ("encoder", encoder)):
+    for prefix, module in parts:
         if module is not None:
             tensors.update({f"{prefix}.{k}": v.detach().cpu().contiguous().float() if v.is_floating_point()
                             else v.detach().cpu().contiguous() for k, v in module.state_dict().items()})
     weights_path = out / WEIGHTS_FILE
     save_file(tensors, str(weights_path), metadata={"format": CARD_FORMAT})
-    model_cfg: ModelConfig = decoder.cfg
-    if model_cfg.n_styles != len(styles):
-        raise BundleError(f"decoder has {model_cfg.n_styles} styles, {len(styles)} names given")
     card = {
         "format": CARD_FORMAT,
         "version": CARD_VERSION,
@@ -247,9 +304,9 @@ def save_bundle(out: str | Path, decoder: Decoder, mcnn: MCNN, spectral: Spectra
         "evaluation": {},
         "versions": {"waeserver": waeserver.__version__, "torch": torch.__version__.split("+")[0]},
         "model": model_cfg.to_dict(),
-        "mcnn": mcnn.cfg.to_dict(),
-        "normalisation": {"decoder_mel_offset": model_cfg.mel_offset, "decoder_mel_scale": model_cfg.mel_scale,
-                          "mcnn_mel_offset": mcnn.cfg.mel_offset, "mcnn_mel_scale": mcnn.cfg.mel_scale},
+        "inverter": default_inverter,
+        "inverters": {k: describe(m) for k, m in inverters.items()},
+        "normalisation": {"decoder_mel_offset": model_cfg.mel_offset, "decoder_mel_scale": model_cfg.mel_scale},
     }
     card.update(info or {})
     card["weights"] = {"file": WEIGHTS_FILE, "sha256": sha256_of(weights_path),
@@ -262,18 +319,26 @@ def save_bundle(out: str | Path, decoder: Decoder, mcnn: MCNN, spectral: Spectra
 
 
 def make_test_bundle(path: str | Path, styles=("piano", "flute", "violin"), latent: int = 3,
-                     sample_rate: int = 22050, seed: int = 0) -> Path:
-    """A small random-initialised bundle for tests: real decoder and MCNN, tiny widths."""
+                     sample_rate: int = 22050, seed: int = 0, encoder: bool = True) -> Path:
+    """A small random-initialised bundle for tests: real encoder (unless left out), decoder and
+    inverters (harmonic, the default, and a source-filter MCNN), tiny widths."""
+    from waeserver.harmonic import HarmonicConfig, HarmonicInverter
+    from waeserver.mcnn import MCNN, MCNNConfig
+
     torch.manual_seed(seed)
     spectral = SpectralConfig(sample_rate=sample_rate, f_max=sample_rate / 2)
     model_cfg = ModelConfig(n_mels=spectral.n_mels, n_frames=spectral.n_frames, latent=latent,
                             n_styles=len(styles), enc_channels=16, dec_channels=16, embed_dim=8,
                             hidden=32, mel_offset=-6.0, mel_scale=3.0)
-    mcnn = MCNN(MCNNConfig(n_mels=spectral.n_mels, hop_length=spectral.hop_length, heads=2, channels=[4],
-                           gain_step=spectral.hop_length // 4, mel_offset=-6.0, mel_scale=3.0,
-                           sample_rate=sample_rate))
+    common = {"n_mels": spectral.n_mels, "hop_length": spectral.hop_length, "sample_rate": sample_rate,
+              "mel_offset": -6.0, "mel_scale": 3.0}
+    inverters = {
+        "harmonic": HarmonicInverter(HarmonicConfig(**common, f_min=spectral.f_min, f_max=spectral.f_max,
+                                                    analysis_fft=spectral.n_fft, hidden=8, max_harmonics=32)),
+        "mcnn": MCNN(MCNNConfig(**common, heads=2, channels=[4], gain_step=spectral.hop_length // 4)),
+    }
     info = {"pitch_range": [36, 96], "style_ranges": {s: [36, 96] for s in styles},
             "training_data": {"name": "none (random test bundle)"},
             "evaluation": {"note": "untrained, for tests only"}}
-    return save_bundle(path, Decoder(model_cfg), mcnn, spectral, list(styles), name=Path(path).name,
-                       info=info)
+    return save_bundle(path, Decoder(model_cfg), inverters, spectral, list(styles), name=Path(path).name,
+                       encoder=Encoder(model_cfg) if encoder else None, info=info)

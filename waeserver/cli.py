@@ -66,9 +66,12 @@ def _build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--device", default="auto")
     p.add_argument("--ae-run", type=Path, help="reuse this trained auto-encoder run")
-    p.add_argument("--mcnn-run", type=Path, help="reuse this trained MCNN (folder with mcnn.safetensors)")
+    p.add_argument("--from-bundle", type=Path, help="take the auto-encoder from this bundle (and keep its "
+                   "inverters beside the new one)")
+    p.add_argument("--inverter-run", "--mcnn-run", type=Path, dest="inverter_run",
+                   help="reuse this trained inverter (folder with inverter.safetensors or mcnn.safetensors)")
     p.add_argument("--work", type=Path, help="stages and checkpoints (default runs/build-NAME)")
-    p.add_argument("--config", type=Path, help="YAML with autoencoder, mcnn, finetune sections")
+    p.add_argument("--config", type=Path, help="YAML with autoencoder, inverter, finetune sections")
     p.add_argument("--no-encoder", action="store_true", help="leave the encoder out of the bundle")
 
 
@@ -80,7 +83,9 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
                    help="style weights, e.g. violin=0.5,clarinet=0.5 (default: the first style)")
     p.add_argument("--z", default="random", help="latent point a,b,c or 'random' (default)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--inverter", choices=("mcnn", "gla"), default="mcnn")
+    p.add_argument("--inverter", default=None,
+                   help="gla (Griffin-Lim, the offline reference) or a real-time inverter the bundle "
+                        "carries (default: the bundle's own)")
     p.add_argument("--device", default="auto")
     p.add_argument("-o", "--output", required=True, type=Path, help="WAV file to write")
 
@@ -92,6 +97,9 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, help="also write the figures as JSON")
     p.add_argument("--repeats", type=int, default=50, help="timed repeats per figure")
     p.add_argument("--speed-only", action="store_true", help="skip the quality figures")
+    p.add_argument("--notes", type=int, default=48, help="test notes for the quality figures (default 48)")
+    p.add_argument("--judges", type=Path, help="folder caching the study's attribute classifiers: their "
+                   "accuracy on each path's audio is measured too (trained there when missing)")
 
 
 # name: (help, argument builder, handler module:function)

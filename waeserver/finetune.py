@@ -1,10 +1,10 @@
-"""Fine-tuning: the decoder trained further through the frozen MCNN, against the real audio.
+"""Fine-tuning: the decoder trained further through a frozen real-time inverter, against the real audio.
 
 For a training note, the frozen encoder gives ``z``; the decoder turns ``z`` and the note's
-labels into a log-mel; the frozen MCNN turns a random crop of it into a waveform, which is
+labels into a log-mel; the frozen inverter turns a random crop of it into a waveform, which is
 compared with the same crop of the real recording by multi-resolution spectral losses. A small
-log-mel term keeps the decoder's output a spectrogram (the MCNN was trained on real ones, and the
-Griffin-Lim path and the evaluation read the decoder's mels too).
+log-mel term keeps the decoder's output a spectrogram (the inverter was trained on real ones, and
+the Griffin-Lim path and the evaluation read the decoder's mels too).
 
 Shapes: log-mel ``[B, M, F]``, waveform crops ``[B, crop_frames * hop]``.
 """
@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from waeserver.mcnn import MCNN, load_split, midi_to_f0
+from waeserver.inverter_training import load_split
+from waeserver.mcnn import midi_to_f0
 from waeserver.modules import WAE
 from waeserver.plain import from_plain
 
@@ -56,27 +57,27 @@ def note_tensors(ds, split: str, n_styles: int) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def audio_metrics(wae: WAE, mcnn: MCNN, notes: dict, spectral, batch: int = 8) -> dict:
-    """Spectral convergence and log-spectral distance (dB) of encoder -> decoder -> MCNN audio vs real."""
+def audio_metrics(wae: WAE, inverter: nn.Module, notes: dict, spectral, batch: int = 8) -> dict:
+    """Spectral convergence and log-spectral distance (dB) of encoder -> decoder -> inverter audio vs real."""
     from waeserver.spectral import log_spectral_distance, spectral_convergence, stft_magnitude
 
-    device = next(mcnn.parameters()).device
+    device = next(inverter.parameters()).device
     sc, lsd = [], []
     for s in range(0, len(notes["mel"]), batch):
         part = {k: v[s:s + batch].to(device) for k, v in notes.items()}
         z = wae.encoder(part["mel"])
         mel = wae.decoder(z, part["pitch"], part["style"], part["velocity"])
-        wave = mcnn(mel, midi_to_f0(part["pitch"]))
+        wave = inverter(mel, midi_to_f0(part["pitch"]))
         pm, tm = stft_magnitude(wave, spectral), stft_magnitude(part["wave"], spectral)
         sc.append(spectral_convergence(pm, tm))
         lsd.append(log_spectral_distance(pm, tm))
     return {"sc": round(float(torch.cat(sc).mean()), 4), "lsd_db": round(float(torch.cat(lsd).mean()), 3)}
 
 
-def finetune_decoder(wae: WAE, mcnn: MCNN, data_dir: str | Path, out_dir: str | Path,
+def finetune_decoder(wae: WAE, inverter: nn.Module, data_dir: str | Path, out_dir: str | Path,
                      config: FinetuneConfig | dict | None = None, resume: bool = False,
                      progress: bool = True) -> dict:
-    """Fine-tune ``wae.decoder`` in place through the frozen ``mcnn``; returns before/after metrics.
+    """Fine-tune ``wae.decoder`` in place through the frozen ``inverter``; returns before/after metrics.
 
     Writes ``out_dir/``: ``checkpoint.pt`` (decoder, optimiser, step), ``metrics.csv``,
     ``decoder.safetensors`` (the result) and ``metrics.yaml``.
@@ -95,13 +96,13 @@ def finetune_decoder(wae: WAE, mcnn: MCNN, data_dir: str | Path, out_dir: str | 
     out.mkdir(parents=True, exist_ok=True)
     ds = NoteDataset(data_dir)
     hop = ds.spectral.hop_length
-    device = next(mcnn.parameters()).device
+    device = next(inverter.parameters()).device
     train_notes = note_tensors(ds, "train", wae.cfg.n_styles)
     valid_notes = note_tensors(ds, "valid", wae.cfg.n_styles)
 
     wae.eval()
-    mcnn.eval()
-    for p in list(wae.parameters()) + list(mcnn.parameters()):
+    inverter.eval()
+    for p in list(wae.parameters()) + list(inverter.parameters()):
         p.requires_grad_(False)
     decoder = wae.decoder
     for p in decoder.parameters():
@@ -122,7 +123,7 @@ def finetune_decoder(wae: WAE, mcnn: MCNN, data_dir: str | Path, out_dir: str | 
         before = {"sc": float(state["before_sc"]), "lsd_db": float(state["before_lsd"])}
         log.info("fine-tuning: resuming at step %d", step)
     if before is None:
-        before = audio_metrics(wae, mcnn, valid_notes, ds.spectral)
+        before = audio_metrics(wae, inverter, valid_notes, ds.spectral)
     rng = np.random.default_rng(config.seed + step)
 
     def checkpoint() -> None:
@@ -155,7 +156,7 @@ def finetune_decoder(wae: WAE, mcnn: MCNN, data_dir: str | Path, out_dir: str | 
             mel = decoder(z_train[idx], train_notes["pitch"][idx].to(device),
                           train_notes["style"][idx].to(device), train_notes["velocity"][idx].to(device))
             crop = mel[..., start:start + config.crop_frames]
-            wave = mcnn(crop, midi_to_f0(train_notes["pitch"][idx]).to(device))
+            wave = inverter(crop, midi_to_f0(train_notes["pitch"][idx]).to(device))
             real = train_notes["wave"][idx, start * hop:(start + config.crop_frames) * hop].to(device)
             spec_loss, parts = loss_fn(wave, real)
             mel_loss = (mel - train_notes["mel"][idx].to(device)).abs().mean()
@@ -180,7 +181,7 @@ def finetune_decoder(wae: WAE, mcnn: MCNN, data_dir: str | Path, out_dir: str | 
         p.requires_grad_(False)
     save_file({k: v.detach().cpu().contiguous() for k, v in decoder.state_dict().items()},
               str(out / "decoder.safetensors"))
-    after = audio_metrics(wae, mcnn, valid_notes, ds.spectral)
+    after = audio_metrics(wae, inverter, valid_notes, ds.spectral)
     result = {"steps": step, "valid_before": before, "valid_after": after}
     (out / "metrics.yaml").write_text(yaml.safe_dump(result, sort_keys=False))
     log.info("fine-tuning: validation SC %.3f -> %.3f, LSD %.2f -> %.2f dB", before["sc"], after["sc"],

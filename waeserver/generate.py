@@ -2,7 +2,8 @@
 
 The style mix is ``NAME=W,...`` (weights 0..2; default: the first style at weight 1), the latent
 point ``a,b,c`` or ``random`` (drawn from the standard-normal prior with ``--seed``), the velocity
-a MIDI value 0..127, the inverter ``mcnn`` (real-time) or ``gla`` (100-iteration Griffin-Lim).
+a MIDI value 0..127, the inverter one the bundle carries (default: its own real-time inverter) or
+``gla`` (100-iteration Griffin-Lim, the offline reference).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from waeserver.bundle import Bundle, BundleError, load_bundle
 
 log = logging.getLogger(__name__)
 
-INVERTERS = ("mcnn", "gla")
+GRIFFIN_LIM = "gla"
 
 
 def parse_style(text: str | None, bundle: Bundle) -> torch.Tensor:
@@ -56,10 +57,11 @@ def parse_z(text: str | None, latent: int, seed: int | None) -> torch.Tensor:
 
 
 def generate_note(bundle: Bundle, pitch: int, velocity: int = 100, style: torch.Tensor | None = None,
-                  z: torch.Tensor | None = None, inverter: str = "mcnn") -> np.ndarray:
-    """One note ``[T]`` float32 at ``bundle.sample_rate``."""
-    if inverter not in INVERTERS:
-        raise BundleError(f"unknown inverter {inverter!r}; one of {', '.join(INVERTERS)}")
+                  z: torch.Tensor | None = None, inverter: str | None = None) -> np.ndarray:
+    """One note ``[T]`` float32 at ``bundle.sample_rate``; ``inverter`` a name the bundle carries,
+    ``gla``, or None for the bundle's own."""
+    if inverter != GRIFFIN_LIM:
+        bundle.get_inverter(inverter)   # refuses a name the bundle lacks, listing what it has
     low, high = bundle.pitch_range
     if not low <= int(pitch) <= high:
         raise BundleError(f"pitch {pitch} is outside {bundle.name}'s range {low}..{high}")
@@ -68,7 +70,7 @@ def generate_note(bundle: Bundle, pitch: int, velocity: int = 100, style: torch.
     style = parse_style(None, bundle) if style is None else style
     z = torch.zeros(bundle.latent_size) if z is None else z
     args = (torch.tensor([int(pitch)]), torch.tensor([int(velocity) / 127]), style[None], z[None])
-    wave = bundle.synthesize(*args) if inverter == "mcnn" else bundle.griffin_lim(*args)
+    wave = bundle.griffin_lim(*args) if inverter == GRIFFIN_LIM else bundle.synthesize(*args, inverter=inverter)
     return wave[0].float().cpu().numpy()
 
 
@@ -80,7 +82,7 @@ def run_generate(args: argparse.Namespace) -> int:
     z = parse_z(getattr(args, "z", None), bundle.latent_size, getattr(args, "seed", None))
     velocity = getattr(args, "velocity", None)
     wave = generate_note(bundle, args.pitch, 100 if velocity is None else velocity, style, z,
-                         getattr(args, "inverter", None) or "mcnn")
+                         getattr(args, "inverter", None))
     out = Path(args.output)
     if out.parent and not out.parent.is_dir():
         raise BundleError(f"output folder {out.parent} does not exist")

@@ -1,4 +1,4 @@
-"""MCNN: a multi-head convolutional inverter from log-mel frames to a waveform, and its training.
+"""MCNN: a multi-head convolutional inverter from log-mel frames to a waveform.
 
 After Arık et al., "Fast spectrogram inversion using multi-head convolutional neural networks"
 (2018). Each head is a stack of stride-2 transposed ``Conv1d`` layers with ELU; in the plain
@@ -30,12 +30,8 @@ Shapes: log-mel ``[B, M, F]`` (plus ``f0 [B]`` in Hz with excitation) in, wavefo
 
 from __future__ import annotations
 
-import csv
-import logging
 import math
-import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,8 +39,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from waeserver.plain import from_plain
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -357,215 +351,3 @@ def band_noise(cfg: MCNNConfig, length: int) -> torch.Tensor:
 def midi_to_f0(pitch: torch.Tensor) -> torch.Tensor:
     """MIDI pitch ``[B]`` (int or float) to Hz."""
     return 440.0 * torch.pow(2.0, (pitch.to(torch.float32) - 69) / 12)
-
-
-@dataclass
-class MCNNTrainConfig:
-    """How an MCNN is trained: random crops of notes, multi-resolution spectral losses."""
-
-    steps: int = 6000
-    max_minutes: float = 0.0           # stop early after this wall time (0: no limit); resumable
-    batch_size: int = 16
-    crop_frames: int = 32
-    lr: float = 2e-3
-    lr_final: float = 2e-4             # cosine decay from lr to lr_final over `steps`
-    phase_weight: float = 0.0
-    seed: int = 0
-    init: str = ""                     # start from this trained MCNN (folder or .safetensors), e.g. another dataset's
-    checkpoint_every: int = 200
-    log_every: int = 25
-    model: dict = field(default_factory=dict)  # MCNNConfig overrides
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "MCNNTrainConfig":
-        return from_plain(cls, data, "MCNN training settings")
-
-
-def load_split(ds, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Log-mels ``[N, M, F]``, real waveforms ``[N, T]`` and MIDI pitches ``[N]`` of one split."""
-    idx = ds.indices(split)
-    feats = np.ascontiguousarray(ds.features()[idx])
-    audio = np.stack([ds.audio(int(i)) for i in idx]).astype(np.float32)
-    return feats, audio, ds.labels(idx)["pitch"]
-
-
-def random_crops(feats: np.ndarray, audio: np.ndarray, pitch: np.ndarray, batch: int, frames: int,
-                 hop: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Aligned crops: log-mel ``[B, M, frames]``, wave ``[B, frames * hop]`` and f0 ``[B]`` Hz.
-
-    Frame ``f`` is centred on sample ``f * hop``, so frames ``a..a+n`` pair with samples
-    ``a*hop .. (a+n)*hop``; the network learns the half-window offset itself.
-    """
-    items = rng.integers(0, len(feats), batch)
-    # notes decay, so starts are drawn from the louder first two thirds more often
-    starts = np.minimum(rng.integers(0, feats.shape[-1] - frames + 1, batch),
-                        rng.integers(0, feats.shape[-1] - frames + 1, batch))
-    mel = np.stack([feats[i, :, s:s + frames] for i, s in zip(items, starts)])
-    wave = np.stack([audio[i, s * hop:(s + frames) * hop] for i, s in zip(items, starts)])
-    return torch.from_numpy(mel), torch.from_numpy(wave), midi_to_f0(torch.from_numpy(pitch[items]))
-
-
-def save_mcnn(model: MCNN, path: Path) -> None:
-    """Weights to ``path`` (safetensors) and the config to ``path.with_suffix('.yaml')``."""
-    import yaml
-    from safetensors.torch import save_file
-
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(path))
-    path.with_suffix(".yaml").write_text(yaml.safe_dump(model.cfg.to_dict(), sort_keys=False))
-
-
-def load_mcnn(path: str | Path, device: str | torch.device = "cpu") -> MCNN:
-    """An MCNN written by :func:`save_mcnn` (``mcnn.safetensors`` plus ``mcnn.yaml``)."""
-    import yaml
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / "mcnn.safetensors"
-    cfg = MCNNConfig.from_dict(yaml.safe_load(path.with_suffix(".yaml").read_text()))
-    model = MCNN(cfg)
-    model.load_state_dict(load_file(str(path)))
-    return model.to(device).eval()
-
-
-@torch.no_grad()
-def evaluate_mcnn(model: MCNN, feats: np.ndarray, audio: np.ndarray, pitch: np.ndarray, spectral,
-                  batch: int = 8) -> dict:
-    """Mean spectral convergence and log-spectral distance (dB) of whole notes against the real audio."""
-    from waeserver.spectral import log_spectral_distance, spectral_convergence, stft_magnitude
-
-    device = next(model.parameters()).device
-    sc, lsd = [], []
-    for start in range(0, len(feats), batch):
-        mel = torch.from_numpy(np.ascontiguousarray(feats[start:start + batch])).to(device)
-        real = torch.from_numpy(audio[start:start + batch]).to(device)
-        pred = model(mel, midi_to_f0(torch.from_numpy(pitch[start:start + batch])).to(device))
-        pm, tm = stft_magnitude(pred, spectral), stft_magnitude(real, spectral)
-        sc.append(spectral_convergence(pm, tm))
-        lsd.append(log_spectral_distance(pm, tm))
-    return {"sc": float(torch.cat(sc).mean()), "lsd_db": float(torch.cat(lsd).mean())}
-
-
-def train_mcnn(data_dir: str | Path, out_dir: str | Path, config: MCNNTrainConfig | dict | None = None,
-               device: str | torch.device = "cpu", resume: bool = False, progress: bool = True) -> dict:
-    """Train an MCNN on a dataset's real audio; returns the final validation metrics.
-
-    Writes ``out_dir/``: ``checkpoint.pt`` (model, optimiser, step; tensors only), ``metrics.csv``,
-    ``mcnn.safetensors`` + ``mcnn.yaml`` (the result) and ``metrics.yaml`` (final validation).
-    With ``resume``, training continues from the checkpoint; a finished run is left as it is.
-    """
-    import yaml
-    from tqdm import tqdm
-
-    from waeserver.dataset import NoteDataset
-    from waeserver.stft_loss import MultiResolutionSTFTLoss
-
-    if isinstance(config, dict):
-        config = MCNNTrainConfig.from_dict(config)
-    config = config or MCNNTrainConfig()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ds = NoteDataset(data_dir)
-    spectral = ds.spectral
-    feats, audio, pitch = load_split(ds, "train")
-    valid = load_split(ds, "valid")
-
-    torch.manual_seed(config.seed)
-    ckpt_path = out / "checkpoint.pt"
-    state = None
-    if resume and ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        model_cfg = MCNNConfig.from_dict(yaml.safe_load(state_cfg_path(out).read_text()))
-    elif config.init:
-        # the initial MCNN's config, changed by the `model` overrides (a new gain step, widths...)
-        model_cfg = MCNNConfig.from_dict({**load_mcnn(config.init).cfg.to_dict(), **config.model})
-        if model_cfg.sample_rate != spectral.sample_rate or model_cfg.hop_length != spectral.hop_length:
-            raise ValueError(f"{config.init} was trained for another sample rate or hop than {data_dir}")
-        state_cfg_path(out).write_text(yaml.safe_dump(model_cfg.to_dict(), sort_keys=False))
-    else:
-        # normalise the input with the training features' own statistics
-        overrides = dict(config.model)
-        overrides.setdefault("mel_offset", float(feats.mean()))
-        overrides.setdefault("mel_scale", float(feats.std()))
-        model_cfg = MCNNConfig(n_mels=spectral.n_mels, hop_length=spectral.hop_length,
-                               sample_rate=spectral.sample_rate, **overrides)
-        state_cfg_path(out).write_text(yaml.safe_dump(model_cfg.to_dict(), sort_keys=False))
-    model = MCNN(model_cfg).to(device)
-    loss_fn = MultiResolutionSTFTLoss(phase_weight=config.phase_weight).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    step = 0
-    if state is None and config.init:
-        # every tensor whose shape still fits (with new widths, the envelope and scales at least)
-        own = model.state_dict()
-        fits = {k: v for k, v in load_mcnn(config.init).state_dict().items()
-                if k in own and v.shape == own[k].shape}
-        model.load_state_dict(fits, strict=False)
-        log.info("MCNN: starting from %s (%d of %d tensors)", config.init, len(fits), len(own))
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        step = int(state["step"])
-        log.info("MCNN: resuming at step %d", step)
-    rng = np.random.default_rng(config.seed + step)
-
-    def lr_at(s: int) -> float:
-        t = min(s / max(config.steps, 1), 1.0)
-        return config.lr_final + 0.5 * (config.lr - config.lr_final) * (1 + math.cos(math.pi * t))
-
-    def checkpoint() -> None:
-        tmp = ckpt_path.with_suffix(".tmp")
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "step": torch.tensor(step)}, tmp)
-        tmp.replace(ckpt_path)
-
-    metrics_path = out / "metrics.csv"
-    new_file = not metrics_path.is_file() or state is None
-    if not new_file:
-        # rows logged after the checkpoint we resume from are about to be logged again
-        rows = metrics_path.read_text().splitlines()
-        kept = [rows[0]] + [r for r in rows[1:] if int(r.split(",")[0]) <= step]
-        metrics_path.write_text("\n".join(kept) + "\n")
-    started = time.monotonic()
-    with open(metrics_path, "w" if new_file else "a", newline="") as fh:
-        writer = csv.writer(fh)
-        if new_file:
-            writer.writerow(["step", "loss", "sc", "mag", "phase", "lr", "seconds"])
-        bar = tqdm(total=config.steps, initial=step, desc="MCNN", unit="step", disable=not progress)
-        model.train()
-        while step < config.steps:
-            if config.max_minutes and time.monotonic() - started > 60 * config.max_minutes:
-                log.info("MCNN: time budget of %.1f min spent at step %d", config.max_minutes, step)
-                break
-            mel, wave, f0 = random_crops(feats, audio, pitch, config.batch_size, config.crop_frames,
-                                         spectral.hop_length, rng)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step)
-            loss, parts = loss_fn(model(mel.to(device), f0.to(device)), wave.to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            step += 1
-            bar.update(1)
-            if step % config.log_every == 0:
-                writer.writerow([step, f"{loss.item():.5f}", f"{parts['sc'].item():.5f}",
-                                 f"{parts['mag'].item():.5f}", f"{float(parts['phase']):.5f}",
-                                 f"{lr_at(step):.2e}", f"{time.monotonic() - started:.1f}"])
-                fh.flush()
-                bar.set_postfix(loss=f"{loss.item():.3f}", sc=f"{parts['sc'].item():.3f}")
-            if step % config.checkpoint_every == 0:
-                checkpoint()
-        bar.close()
-    checkpoint()
-    model.eval()
-    save_mcnn(model, out / "mcnn.safetensors")
-    result = evaluate_mcnn(model, *valid, spectral)
-    result["step"] = step
-    (out / "metrics.yaml").write_text(yaml.safe_dump(result, sort_keys=False))
-    log.info("MCNN: step %d, validation SC %.3f, LSD %.2f dB", step, result["sc"], result["lsd_db"])
-    return result
-
-
-def state_cfg_path(out: Path) -> Path:
-    """Where a training run keeps the MCNN config it started with (resume needs the same one)."""
-    return out / "mcnn_config.yaml"

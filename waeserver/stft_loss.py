@@ -22,10 +22,11 @@ class MultiResolutionSTFTLoss(nn.Module):
     """``forward(pred [B,T], target [B,T]) -> (loss scalar, {"sc": ..., "mag": ..., "phase": ...})``."""
 
     def __init__(self, resolutions=DEFAULT_RESOLUTIONS, phase_weight: float = 0.0,
-                 floor: float = 1e-5):
+                 floor: float = 1e-5, mag_weight: float = 1.0):
         super().__init__()
         self.resolutions = [tuple(int(v) for v in r) for r in resolutions]
         self.phase_weight = phase_weight
+        self.mag_weight = mag_weight
         self.floor = floor
         for n_fft, _ in self.resolutions:
             self.register_buffer(f"window_{n_fft}", torch.hann_window(n_fft), persistent=False)
@@ -55,5 +56,5 @@ class MultiResolutionSTFTLoss(nn.Module):
                     torch.linalg.vector_norm(t_spec).clamp(min=1e-4)
         n = len(self.resolutions)
         parts = {"sc": sc_total / n, "mag": mag_total / n, "phase": phase}
-        loss = parts["sc"] + parts["mag"] + self.phase_weight * phase
+        loss = parts["sc"] + self.mag_weight * parts["mag"] + self.phase_weight * phase
         return loss, parts
