@@ -179,7 +179,7 @@ def pool_state(daemon) -> str:
     """The voice pool's counters and sounding voices, for a failure's message."""
     pool = daemon.inst.pool
     counters = {name: getattr(pool.stats, name) for name, _ in pool.stats._fields_[:11]}
-    voices = [(v.state, v.pitch, v.slot, round(v.pos), round(v.level, 3)) for v in pool.voices if v.state]
+    voices = [(v.state, v.pitch, (v.slot.a, v.slot.b), round(v.pos), round(v.level, 3)) for v in pool.voices if v.state]
     return f"pool {counters}, JACK thread {pool.jack_thread()}, voices {voices}"
 
 

@@ -4,9 +4,9 @@ layer, at the output sample rate.
 Policy (see docs/live.md): for the current control target (style faders and latent point) the
 cache holds a render of every pitch in the model's range at each of its layers' velocities (a
 note blends the two layers around its velocity); a pitch's layers are rendered, published and
-fresh together. An entry is *fresh* when it was rendered
-for a target within ``jitter`` of the current one (largest difference over faders and latent
-values), so a fader that wobbles by less than that does not cost a refill. In ``per-note`` z mode
+fresh together. An entry is *fresh* when it was rendered for a target within ``jitter`` of the
+current one (largest difference over faders and latent values), so a fader that wobbles by less
+than that does not cost a refill. In ``per-note`` z mode
 each entry holds a note drawn with its own latent point, fresh until it is played once.
 
 Threads: the cache lives on the renderer's and the control threads, under :attr:`lock`; the
