@@ -124,10 +124,8 @@ class HarmonicInverter(nn.Module):
         bin_hz = np.linspace(0, cfg.sample_rate / 2, n_freqs)
         pos = np.interp(bin_hz, centres, np.arange(m))
         low = np.clip(np.floor(pos), 0, m - 2).astype(np.int64)
-        spread = np.zeros((m, n_freqs), dtype=np.float32)
-        spread[low, np.arange(n_freqs)] = 1 - (pos - low)
-        spread[low + 1, np.arange(n_freqs)] += pos - low
-        self.register_buffer("noise_spread", torch.from_numpy(spread), persistent=False)     # [M,bins]
+        self.register_buffer("noise_low", torch.from_numpy(low), persistent=False)
+        self.register_buffer("noise_frac", torch.from_numpy(pos - low).float(), persistent=False)
         # the window's transform as rows: row r holds bins j = 0..w-1 at table point j * R + r,
         # times (-1)^j
         table = window_kernel(cfg.n_fft, cfg.kernel_bins, self.OVERSAMPLE)
@@ -246,7 +244,8 @@ class HarmonicInverter(nn.Module):
         spec[..., :w + 1] += 0.5 * ext[..., :w + 1].flip(-1).conj()
         spec[..., half - 1 - w:] += 0.5 * ext[..., half - 1 + w:].flip(-1).conj()
 
-        shaped = noise_bands @ self.noise_spread                                          # [B,F,bins]
+        shaped = torch.lerp(noise_bands.index_select(-1, self.noise_low),
+                            noise_bands.index_select(-1, self.noise_low + 1), self.noise_frac)  # [B,F,bins]
         table = self.noise
         if frames > table.shape[0]:
             table = table.repeat(-(-frames // table.shape[0]), 1)
