@@ -90,6 +90,22 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, type=Path, help="WAV file to write")
 
 
+def _transform_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", type=Path, metavar="IN", help="a recorded note: WAV, FLAC or AIFF, any rate")
+    _model_arg(p)
+    p.add_argument("--pitch", default="auto", help="MIDI pitch to decode with, or 'auto' (the note's own, by YIN)")
+    p.add_argument("--velocity", type=int, default=100, help="MIDI velocity 1..127 (default 100)")
+    p.add_argument("--style", default=None, metavar="NAME=W,...", help="style weights (default: the first style)")
+    p.add_argument("--z-shift", default=None, metavar="a,b,c", help="added to the note's latent point")
+    p.add_argument("--variations", type=int, default=0, metavar="N",
+                   help="N notes from points drawn around the note's (OUT is then a folder)")
+    p.add_argument("--spread", type=float, default=0.5, help="standard deviation of the variations (default 0.5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--inverter", default=None, help="gla or a real-time inverter the bundle carries")
+    p.add_argument("--device", default="auto")
+    p.add_argument("-o", "--output", required=True, type=Path, help="WAV file to write (a folder with --variations)")
+
+
 def _bench_args(p: argparse.ArgumentParser) -> None:
     _model_arg(p)
     p.add_argument("--device", default=None, help="one device (default: every available one)")
@@ -106,7 +122,7 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
 COMMANDS: dict[str, tuple] = {
     "dataset": ("render, import and inspect note datasets", _dataset_args, None),
     "train": ("train one auto-encoder", _train_args, "waeserver.train:run_train"),
-    "build-model": ("whole pipeline: auto-encoder, MCNN, fine-tune, evaluation, bundle",
+    "build-model": ("whole pipeline: auto-encoder, real-time inverter, fine-tune, evaluation, bundle",
                     _build_args, "waeserver.build:run_build"),
     "evaluate": ("the study's metrics and figures",
                  lambda p: (p.add_argument("--model", required=True, nargs="+",
@@ -116,6 +132,8 @@ COMMANDS: dict[str, tuple] = {
                             p.add_argument("--device", default="auto")),
                  "waeserver.evaluate:run_evaluate"),
     "generate": ("one note to a WAV file", _generate_args, "waeserver.generate:run_generate"),
+    "transform": ("the encoder as an audio effect: a recorded note encoded, decoded with another pitch, "
+                  "velocity or style", _transform_args, "waeserver.transform:run_transform"),
     "bench": ("speed and latency figures of this machine", _bench_args, "waeserver.bench:run_bench"),
     "render": ("offline render of a MIDI file, with scripted control changes, through the same engine as serve",
                lambda p: importlib.import_module("waeserver.offline").add_arguments(p),

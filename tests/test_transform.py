@@ -1,0 +1,93 @@
+"""``waeserver transform``: a recorded note found, encoded, decoded again; bad sounds refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from scipy.signal import resample_poly
+
+from waeserver.bundle import load_bundle, make_test_bundle
+from waeserver.cli import main
+from waeserver.dataset import NoteDataset
+from waeserver.transform import TransformError, encode, note_pitch, prepare_note
+
+
+@pytest.fixture(scope="module")
+def bundle_path(tmp_path_factory):
+    return make_test_bundle(tmp_path_factory.mktemp("models") / "tiny-model")
+
+
+@pytest.fixture(scope="module")
+def recorded(tiny_dataset, tmp_path_factory):
+    """A flute note of the tiny dataset as a user would bring it: stereo, 44.1 kHz, 0.3 s of silence first."""
+    ds = NoteDataset(tiny_dataset)
+    i = next(k for k, r in enumerate(ds.rows) if r["style"] == "flute" and r["pitch"] >= 72)
+    note = resample_poly(ds.audio(i), 2, 1)
+    take = np.concatenate([np.zeros(13230), note])
+    path = tmp_path_factory.mktemp("takes") / "flute.wav"
+    sf.write(path, np.stack([take, 0.5 * take], axis=1), 44100)
+    return path, ds.rows[i]["pitch"], ds.audio(i)
+
+
+def test_the_note_is_found_on_its_onset_and_keeps_its_pitch(bundle_path, recorded):
+    from waeserver.library import load_mono
+
+    b = load_bundle(bundle_path)
+    path, pitch, original = recorded
+    note = prepare_note(load_mono(path, b.sample_rate), b.n_samples, b.sample_rate)
+    assert note.shape == (b.n_samples,)
+    # the leading silence is gone: the note starts where the dataset's recording starts
+    start = int(np.argmax(np.abs(note) > 0.01 * np.abs(note).max()))
+    assert start < 0.01 * b.sample_rate
+    assert note_pitch(note, b) == pitch
+    z = encode(b, note)
+    assert z.shape == (b.latent_size,) and torch.isfinite(z).all()
+
+
+def test_transform_writes_the_note_and_its_variations(bundle_path, recorded, tmp_path, capsys):
+    path, pitch, _ = recorded
+    out = tmp_path / "one.wav"
+    assert main(["transform", str(path), "--model", str(bundle_path), "--style", "violin",
+                 "--z-shift", "0.5,0,0", "-o", str(out)]) == 0
+    wave, rate = sf.read(out)
+    assert rate == 22050 and wave.shape == (128 * 256,) and np.abs(wave).max() > 0
+    assert f"pitch {pitch}" in capsys.readouterr().out
+    folder = tmp_path / "many"
+    assert main(["transform", str(path), "--model", str(bundle_path), "--pitch", "60", "--variations", "3",
+                 "--spread", "1.0", "-o", str(folder)]) == 0
+    notes = sorted(folder.glob("*.wav"))
+    assert [p.name for p in notes] == ["flute-001.wav", "flute-002.wav", "flute-003.wav"]
+    waves = [sf.read(p)[0] for p in notes]
+    assert not np.array_equal(waves[0], waves[1])
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: np.zeros(40000), "silent"),
+    (lambda: np.r_[np.zeros(1000), 0.5 * np.ones(200), np.zeros(1000)], "too short"),
+    (lambda: np.random.default_rng(0).normal(0, 0.3, 40000), "no clear pitch"),
+])
+def test_bad_sounds_are_refused_with_one_line(bundle_path, tmp_path, capsys, make, message):
+    take = tmp_path / "take.wav"
+    sf.write(take, make(), 22050)
+    out = tmp_path / "x.wav"
+    assert main(["transform", str(take), "--model", str(bundle_path), "-o", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_unreadable_files_and_bad_arguments_are_refused(bundle_path, recorded, tmp_path, capsys):
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(b"RIFF....not audio")
+    path, _, _ = recorded
+    for argv, message in (([str(junk)], "cannot read"),
+                          ([str(path), "--z-shift", "1,2"], "needs 3 finite numbers"),
+                          ([str(path), "--pitch", "200"], "outside"),
+                          ([str(path), "--style", "tuba"], "unknown style 'tuba'")):
+        assert main(["transform", *argv, "--model", str(bundle_path), "-o", str(tmp_path / "y.wav")]) == 1
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
+    with pytest.raises(TransformError, match="finite mono"):
+        prepare_note(np.full(100, np.nan), 1000, 22050)
