@@ -42,18 +42,23 @@ def parse_style(text: str | None, bundle: Bundle) -> torch.Tensor:
     return bundle.style_weights(mix)
 
 
+def parse_vector(text: str, size: int, what: str) -> torch.Tensor:
+    """``"a,b,c"``: exactly ``size`` finite numbers to ``[size]``; ``what`` names the option."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise BundleError(f"{what} must be {size} comma-separated numbers, got {text!r}") from None
+    if len(values) != size or not all(math.isfinite(v) for v in values):
+        raise BundleError(f"{what} needs {size} finite numbers for this model, got {text!r}")
+    return torch.tensor(values)
+
+
 def parse_z(text: str | None, latent: int, seed: int | None) -> torch.Tensor:
     """``"a,b,c"`` (exactly ``latent`` numbers) or ``random``/None (prior draw with ``seed``) to ``[D]``."""
     if text is None or text == "random":
         gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
         return torch.randn(latent, generator=gen)
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise BundleError(f"--z must be {latent} comma-separated numbers or 'random', got {text!r}") from None
-    if len(values) != latent or not all(math.isfinite(v) for v in values):
-        raise BundleError(f"--z needs {latent} finite numbers for this model, got {text!r}")
-    return torch.tensor(values)
+    return parse_vector(text, latent, "--z")
 
 
 def generate_note(bundle: Bundle, pitch: int, velocity: int = 100, style: torch.Tensor | None = None,

@@ -85,19 +85,6 @@ def encode(bundle: Bundle, note: np.ndarray) -> torch.Tensor:
     return bundle.encoder(mel)[0]
 
 
-def parse_vector(text: str | None, size: int, what: str) -> torch.Tensor | None:
-    """``"a,b,c"`` with exactly ``size`` finite numbers, or None."""
-    if text is None:
-        return None
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise TransformError(f"{what} must be {size} comma-separated numbers, got {text!r}") from None
-    if len(values) != size or not all(math.isfinite(v) for v in values):
-        raise TransformError(f"{what} needs {size} finite numbers for this model, got {text!r}")
-    return torch.tensor(values)
-
-
 @torch.no_grad()
 def transform(bundle: Bundle, note: np.ndarray, pitch: int, velocity: int, style: torch.Tensor,
               z_shift: torch.Tensor | None = None, variations: int = 0, spread: float = 0.5,
@@ -119,7 +106,7 @@ def transform(bundle: Bundle, note: np.ndarray, pitch: int, velocity: int, style
 def run_transform(args: argparse.Namespace) -> int:
     import soundfile as sf
 
-    from waeserver.generate import parse_style
+    from waeserver.generate import parse_style, parse_vector
     from waeserver.library import load_mono
 
     bundle = load_bundle(args.model, getattr(args, "device", None) or "cpu")
@@ -132,7 +119,8 @@ def run_transform(args: argparse.Namespace) -> int:
     given = getattr(args, "pitch", None)
     pitch = note_pitch(note, bundle) if given in (None, "auto") else check_pitch(_int(given, "--pitch"), bundle)
     style = parse_style(getattr(args, "style", None), bundle)
-    shift = parse_vector(getattr(args, "z_shift", None), bundle.latent_size, "--z-shift")
+    shift = getattr(args, "z_shift", None)
+    shift = None if shift is None else parse_vector(shift, bundle.latent_size, "--z-shift")
     variations = int(getattr(args, "variations", 0) or 0)
     spread = float(getattr(args, "spread", 0.5))
     if not 0 <= variations <= 1000 or not (math.isfinite(spread) and spread >= 0):
