@@ -22,7 +22,7 @@ from waeserver.voices import FREE, PLAYING
 CONTRACT = {"/wae/note", "/wae/noteon", "/wae/noteoff", "/wae/panic", "/wae/style", "/wae/styles", "/wae/mix",
             "/wae/z", "/wae/z/random", "/wae/z/mode", "/wae/gain", "/wae/release", "/wae/bend_range",
             "/wae/learn", "/wae/preset/save", "/wae/preset/load", "/wae/preset/list", "/wae/model/load",
-            "/wae/model/info", "/wae/status", "/wae/notify", "/wae/sync"}
+            "/wae/model/info", "/wae/status", "/wae/notify", "/wae/sync", "/wae/render"}
 ME = ("127.0.0.1", 40000)
 
 
@@ -193,6 +193,18 @@ def test_presets_and_program_change(commands, inst):
     commands.apply("/wae/mix", ["piano", 1.0])
     inst.control(("program", 3))                  # program 3 recalls the preset named 3
     assert inst.state.styles.tolist() == pytest.approx([0.0, 0.7, 0.0])
+
+
+def test_render_replies_at_once_without_a_thread(commands, inst, tmp_path):
+    """Offline (no render thread) /wae/render writes the file before it replies, as an ordinary reply."""
+    from waeserver.note_files import NoteFiles
+
+    inst.note_files = NoteFiles(tmp_path / "renders", 1.0, threaded=False)
+    ((address, (name, path, frames, rate)),) = commands.apply("/wae/render", ["n1", 60, 80])
+    assert (address, name, path, rate) == ("/wae/render.reply", "n1", str(tmp_path / "renders" / "n1.wav"), 48000)
+    assert frames > 0.5 * 48000 and (tmp_path / "renders" / "n1.wav").stat().st_size > 4 * frames
+    assert commands.apply("/wae/render", ["../n2", 60])[0][0] == "/fail"
+    assert sorted(p.name for p in (tmp_path / "renders").iterdir()) == ["n1.wav"]
 
 
 def test_info_status_and_sync(commands, inst):

@@ -47,6 +47,8 @@ class ServeConfig:
     render_batch: int = 8
     fader_jitter: float = 0.01
     preset_dir: str = "~/.local/share/waeserver/presets"
+    render_dir: str = "~/.local/share/waeserver/renders"
+    render_dir_mb: float = 200.0
 
 
 HELP = {
@@ -71,6 +73,8 @@ HELP = {
     "render_batch": "notes per refill batch",
     "fader_jitter": "fader or latent change that leaves cached renders fresh",
     "preset_dir": "preset folder",
+    "render_dir": "folder of /wae/render's note files",
+    "render_dir_mb": "most megabytes of note files render_dir holds; the oldest are removed past it",
 }
 
 
@@ -128,7 +132,7 @@ def validate(values: dict) -> ServeConfig:
     cfg = ServeConfig()
     for key, value in values.items():
         setattr(cfg, key, value)
-    for key in ("model", "device", "osc_host", "jack_name", "preset_dir"):
+    for key in ("model", "device", "osc_host", "jack_name", "preset_dir", "render_dir"):
         if not isinstance(getattr(cfg, key), str) or not getattr(cfg, key):
             raise ConfigError(f"{key} must be a non-empty string")
     if cfg.jack_server is not None and (not isinstance(cfg.jack_server, str) or not cfg.jack_server):
@@ -165,6 +169,7 @@ def validate(values: dict) -> ServeConfig:
     cfg.latency_budget_ms = _number(cfg.latency_budget_ms, "latency_budget_ms", float, 0.0, 1000.0)
     cfg.render_batch = _number(cfg.render_batch, "render_batch", int, 1, 128)
     cfg.fader_jitter = _number(cfg.fader_jitter, "fader_jitter", float, 0.0, 0.5)
+    cfg.render_dir_mb = _number(cfg.render_dir_mb, "render_dir_mb", float, 1.0, 1e6)
     return cfg
 
 

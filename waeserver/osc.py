@@ -100,6 +100,7 @@ class Commands:
             "/wae/status": (self.status, 0, 0, False),
             "/wae/notify": (self.notify, 1, 2, False),
             "/wae/sync": (self.sync, 1, 1, False),
+            "/wae/render": (self.render, 2, 3, False),
         }
 
     def broadcast(self, address: str, args: list) -> None:
@@ -217,6 +218,25 @@ class Commands:
                 self.send(dest, "/done", ["/wae/model/load"])
 
         self.inst.load_model(path, done)
+
+    def render(self, args, sender):
+        """``/wae/render name pitch [velocity]``: replied when the file is written (at once offline)."""
+        name = osc_str(args[0], "render name")
+        pitch = self._pitch(args[1])
+        velocity = osc_int(args[2], "velocity", 1, 127) if len(args) > 2 else 100
+        dest, now = self.reply_to(sender), []
+
+        def done(path, frames, rate, error) -> None:
+            reply = ("/fail", ["/wae/render", error]) if error else \
+                ("/wae/render.reply", [name, str(path), frames, rate])
+            if now is not None:
+                now.append(reply)     # written before the handler returned: an ordinary reply
+            elif dest is not None:
+                self.send(dest, *reply)
+
+        self.inst.render_file(name, pitch, velocity, done)
+        replies, now = now, None
+        return replies
 
     def model_info(self, args, sender):
         b = self.inst.bundle

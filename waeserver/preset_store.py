@@ -21,6 +21,15 @@ class PresetError(ValueError):
     """A bad preset name, a missing preset or an unreadable file."""
 
 
+def check_name(name: str, what: str = "preset") -> str:
+    """``name`` if it is a good file name for a preset (or a render, ``/wae/render``): no path
+    separator, no leading dot, nothing a folder could be escaped with."""
+    if not isinstance(name, str) or not NAME.match(name) or name.endswith(".tmp"):
+        raise PresetError(f"bad {what} name {name!r}: letters, digits, _ . - (up to 64), "
+                          "starting with a letter or digit")
+    return name
+
+
 class PresetStore:
     """Presets in ``folder`` (created on the first save)."""
 
@@ -28,10 +37,7 @@ class PresetStore:
         self.folder = Path(folder).expanduser()
 
     def path(self, name: str) -> Path:
-        if not isinstance(name, str) or not NAME.match(name) or name.endswith(".tmp"):
-            raise PresetError(f"bad preset name {name!r}: letters, digits, _ . - (up to 64), "
-                              "starting with a letter or digit")
-        return self.folder / f"{name}.yaml"
+        return self.folder / f"{check_name(name)}.yaml"
 
     def save(self, name: str, snapshot: dict) -> Path:
         """Write ``snapshot`` as preset ``name`` atomically; returns its path."""

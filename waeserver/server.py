@@ -32,6 +32,7 @@ from waeserver.cache import RenderCache
 from waeserver.config import ConfigError, ServeConfig, add_config_arguments, resolve
 from waeserver.faders import ControlError, ControlState
 from waeserver.midi import MidiControls, MidiSettings, curve_exponent, open_inputs, velocity_gain
+from waeserver.note_files import NoteFiles, render_note
 from waeserver.preset_store import PresetError, PresetStore
 from waeserver.renderer import Renderer, RenderWorker, layer_velocities
 from waeserver.voices import VoicePool
@@ -53,6 +54,8 @@ class Instrument:
         self.pool = VoicePool(rate, self.cache, cfg.polyphony, cfg.latency_budget_ms)
         self.pool.gain, self.pool.release, self.pool.bend_range = cfg.gain, cfg.release, cfg.bend_range
         self.presets = PresetStore(cfg.preset_dir)
+        self.note_files = NoteFiles(cfg.render_dir, cfg.render_dir_mb, threaded=False)   # the daemon: a thread
+        self._file_rng = np.random.default_rng(seed)   # per-note z of /wae/render (the renderer's is its thread's)
         self.controls: deque[tuple] = deque()   # from MIDI parsers, for the control thread
         self.midi_settings = MidiSettings(cfg.midi_channel, curve_exponent(cfg.velocity_curve), dict(cfg.cc_map))
         for target in cfg.cc_map.values():
@@ -131,6 +134,16 @@ class Instrument:
         except PresetError as exc:
             raise ControlError(str(exc)) from None
         self.notify("preset", [name])
+
+    def render_file(self, name: str, pitch: int, velocity: int, done) -> None:
+        """``/wae/render``: ``pitch`` at ``velocity`` with the controls of now to ``render_dir/NAME.wav``;
+        ``done(path, frames, rate, error)`` once written (see waeserver.note_files)."""
+        path = self.note_files.path(name)
+        styles, z, per_note = self.renderer.target()
+        if per_note:
+            z = self._file_rng.standard_normal(len(z)).astype(np.float32)
+        bundle, rate = self.bundle, self.renderer.rate
+        self.note_files.submit(lambda: (render_note(bundle, pitch, velocity, styles, z, rate), rate), path, done)
 
     def load_model(self, path: str, done) -> None:
         self.renderer.load_model(path, self.cfg.device, done)
@@ -234,6 +247,7 @@ class Daemon:
                  ", ".join(bundle.styles), bundle.latent_size, bundle.sample_rate, bundle.device)
         worker = RenderWorker(str(bundle.path), cfg.device, rate, layer_velocities(bundle))
         self.inst = inst = Instrument(bundle, cfg, rate, worker=worker)
+        inst.note_files.threaded = True   # never in the OSC thread
         inst.renderer.warm_up()
         seconds = inst.renderer.fill()
         log.info("rendered %d pitches ahead, at velocities %s each, in %.2f s (one priority pitch: %.1f ms)",
