@@ -257,6 +257,44 @@ def test_stale_note_waits_within_budget_for_a_fast_render(engine):
     assert late.state == PLAYING and pool.standins == standins + 1
 
 
+def test_a_priority_render_makes_only_the_layers_the_note_blends(engine):
+    """After a change, a note at velocity 100 asks for the mf and ff layers only, and plays them once
+    both are in; the p layer stays stale until the refill renders the pitch whole again. A note at
+    60 (p and mf) does not take a batch that brings mf and ff: it would blend a new layer with an
+    older one."""
+    state, cache, renderer, pool = engine
+    soft = cache.notes[60][0].wave
+    state.set_style(state.style_names[1], 0.5)
+    renderer.retarget()
+    cache.expected_ms = 2.0
+    pool.budget_ms = 30.0                          # worth waiting for
+    play(pool, 1, [(0, "note_on", (60, 1.0, -1, 100)), (0, "note_on", (62, 1.0, -1, 60))])
+    loud, quiet = (next(v for v in pool.voices if v.pitch == p and v.state != FREE) for p in (60, 62))
+    assert loud.state == quiet.state == PENDING
+    wanted = cache.pop_requests()
+    assert wanted == {60: 0b110, 62: 0b011}
+    renderer.render_now(wanted)
+    play(pool, 1)
+    assert cache.fresh[60] == 0b110 and cache.notes[60][0].wave is soft and not cache.whole[60]
+    assert loud.state == PLAYING and pool.audio(loud) is cache.notes[60][1].wave
+    assert pool.audio(loud, "slot", "b") is cache.notes[60][2].wave
+    assert quiet.state == PLAYING and pool.audio(quiet) is cache.notes[62][0].wave
+    state.set_style(state.style_names[1], 0.8)
+    renderer.retarget()
+    play(pool, 1, [(0, "note_on", (64, 1.0, -1, 60))])
+    waiting = next(v for v in pool.voices if v.pitch == 64 and v.state != FREE)
+    renderer.render_now({64: 0b110})               # mf and ff, but this note blends p and mf
+    play(pool, 1)
+    assert waiting.state == PENDING
+    renderer.render_now({64: 0b001})
+    play(pool, 1)
+    assert waiting.state == PLAYING and pool.audio(waiting) is cache.notes[64][0].wave
+    assert pool.audio(waiting, "slot", "b") is cache.notes[64][1].wave
+    assert 60 in cache.stale()
+    renderer.render_now([60], priority=False)
+    assert cache.is_fresh(60) and cache.whole[60] and cache.notes[60][0].wave is not soft
+
+
 def test_small_fader_jitter_keeps_the_cache_fresh(engine):
     state, cache, renderer, _ = engine
     fresh = cache.fresh.copy()

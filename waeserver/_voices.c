@@ -66,7 +66,7 @@ enum { R_RENDER = 1, R_TAKEN };
 
 typedef struct { int32_t kind, at, a, b, c, d; int64_t x, y; double f; } Command;
 typedef struct { int32_t kind, a, b, c; } Event;
-typedef struct { int32_t kind, pitch; } Request;
+typedef struct { int32_t kind, pitch, layers, pad; } Request;   /* layers: a bit per velocity layer */
 
 /* Written by Python at any time, read by the audio thread once per use. */
 typedef struct {
@@ -89,6 +89,7 @@ typedef struct { int32_t a, b; } Pair;
 
 typedef struct {
     int32_t state, pitch, held, sustained, waiting, layer, xfade, done;
+    int32_t need;                            /* a bit per velocity layer it blends */
     Pair slot, old, standin;
     double pos, level, slope, gain, blend;   /* pos: frames into the note, unwrapped; blend: b's weight */
     int64_t age, released_at, on_frame, wait, hold;
@@ -110,7 +111,9 @@ typedef int (*set_thread_init_fn)(void *, void (*)(void *), void *);
 typedef struct {
     Params params;
     Stats stats;
-    uint8_t fresh[N_PITCHES];            /* written by Python (the cache), cleared here by per-note takes */
+    uint8_t fresh[N_PITCHES];            /* a bit per fresh layer: written by Python (the cache), cleared here
+                                            by per-note takes */
+    uint8_t arriving[N_PITCHES];         /* layers published so far in a pitch's batch (see publish) */
     int64_t played[N_PITCHES];           /* note counter per pitch: refill the most recently played first */
     int32_t current[N_PITCHES][MAX_LAYERS];  /* slot of each pitch's latest render per layer, -1 none */
     int32_t n_layers;
@@ -154,10 +157,10 @@ static void emit(Pool *p, int32_t kind, int32_t a, int32_t b, int32_t c) {
     ring_published(&p->event_ring);
 }
 
-static void ask(Pool *p, int32_t kind, int32_t pitch) {
+static void ask(Pool *p, int32_t kind, int32_t pitch, int32_t layers) {
     if (ring_space(&p->request_ring, REQUEST_RING)) {
         Request *r = &p->requests[p->request_ring.head & (REQUEST_RING - 1)];
-        r->kind = kind; r->pitch = pitch;
+        r->kind = kind; r->pitch = pitch; r->layers = layers;
         ring_published(&p->request_ring);
     } else {
         p->stats.overflow++;
@@ -338,21 +341,22 @@ static void upto(Pool *p, Voice *v, int end) {
 }
 
 /* --- the render table -------------------------------------------------------------------------- */
-/* Layer and blend for a velocity: between the two nearest layers, linearly; the outer ones beyond. */
+/* Layer and blend for a velocity: between the two nearest layers, linearly; the outer ones beyond.
+ * The layers it needs fresh: those it blends; in per-note z mode every layer (one draw is one
+ * latent point for all of them). */
 static void pick_layers(Pool *p, double velocity, Voice *v) {
     const float *lv = p->layer_velocity;
     int n = p->n_layers;
-    v->layer = 0;
+    v->layer = velocity <= lv[0] ? 0 : n - 1;
     v->blend = 0.0;
-    if (n <= 1 || velocity <= lv[0]) return;
-    for (int i = 0; i + 1 < n; i++) {
+    for (int i = 0; velocity > lv[0] && i + 1 < n; i++) {
         if (velocity < lv[i + 1]) {
             v->layer = i;
             v->blend = (velocity - lv[i]) / (lv[i + 1] - lv[i]);
-            return;
+            break;
         }
     }
-    v->layer = n - 1;
+    v->need = p->params.per_note ? (1 << n) - 1 : (1 << v->layer) | (v->blend > 0.0 ? 1 << (v->layer + 1) : 0);
 }
 
 /* The latest render of a pitch's layer, else of its nearest layer that has one; -1 none. */
@@ -369,21 +373,24 @@ static Pair take(Pool *p, Voice *v, int *fresh) {
     int32_t pitch = v->pitch;
     p->played[pitch] = ++p->stats.notes;
     Pair s = {layer_slot(p, pitch, v->layer), v->blend > 0.0 ? layer_slot(p, pitch, v->layer + 1) : -1};
-    *fresh = s.a >= 0 && __atomic_load_n(&p->fresh[pitch], __ATOMIC_RELAXED);
+    *fresh = s.a >= 0 && (__atomic_load_n(&p->fresh[pitch], __ATOMIC_RELAXED) & v->need) == v->need;
     if (*fresh && p->params.per_note) {   /* this draw is used up: the next note gets another */
         __atomic_store_n(&p->fresh[pitch], 0, __ATOMIC_RELAXED);
-        ask(p, R_TAKEN, pitch);
+        ask(p, R_TAKEN, pitch, v->need);
     }
     ref(p, s.a);
     ref(p, s.b);
     return s;
 }
 
-/* Every layer of pitch has a new render: voices waiting for one take theirs. */
-static void arrived(Pool *p, int32_t pitch) {
+/* New renders of pitch's layers (the bits of layers): voices waiting for them take theirs once every
+ * layer they blend is new or fresh, so that a voice never blends a new layer with an older one. */
+static void arrived(Pool *p, int32_t pitch, int32_t layers) {
+    int32_t ready = layers | __atomic_load_n(&p->fresh[pitch], __ATOMIC_RELAXED);
     for (int i = 0; i < p->n_voices; i++) {
         Voice *v = &p->voices[i];
         if (v->pitch != pitch || v->state == FREE || (v->state != PENDING && !v->waiting)) continue;
+        if ((ready & v->need) != v->need) continue;   /* another batch brings the rest */
         int fresh;
         Pair s = take(p, v, &fresh);
         if (s.a < 0) { unref_pair(p, &s); continue; }   /* a layer this pool does not have */
@@ -451,7 +458,7 @@ static void note_on(Pool *p, int32_t pitch, double gain, int32_t velocity, int a
     Pair s = take(p, v, &fresh);
     if (fresh) { p->stats.hits++; play(p, v, s, at); return; }
     p->stats.misses++;
-    ask(p, R_RENDER, pitch);
+    ask(p, R_RENDER, pitch, v->need);
     v->standin = s;
     /* The budget covers the whole way to the output, so one period of it is spent anyway; a render
      * can only be picked up at the start of a later period, before the deadline. */
@@ -539,7 +546,8 @@ static void midi(Pool *p, const uint8_t *data, int size, int at) {
     }
 }
 
-/* Slot s holds the new render of pitch's layer; with the last of its layers, voices waiting get them. */
+/* Slot s holds the new render of pitch's layer; with the last layer of the pitch in its batch, voices
+ * waiting get them. */
 static void publish(Pool *p, int32_t pitch, int32_t s, int32_t layer, int last, const Command *c) {
     p->slots[s].wave = (const float *)(intptr_t)c->x;
     p->slots[s].length = c->y;
@@ -548,7 +556,11 @@ static void publish(Pool *p, int32_t pitch, int32_t s, int32_t layer, int last, 
     if (layer < 0 || layer >= MAX_LAYERS) { unref(p, s); return; }
     unref(p, p->current[pitch][layer]);
     p->current[pitch][layer] = s;
-    if (last) arrived(p, pitch);
+    p->arriving[pitch] |= (uint8_t)(1 << layer);
+    if (last) {
+        arrived(p, pitch, p->arriving[pitch]);
+        p->arriving[pitch] = 0;
+    }
 }
 
 /* The layers' velocities from the parameters, n of them; renders of layers beyond are let go. */

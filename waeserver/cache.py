@@ -3,11 +3,14 @@ layer, at the output sample rate.
 
 Policy (see docs/live.md): for the current control target (style faders and latent point) the
 cache holds a render of every pitch in the model's range at each of its layers' velocities (a
-note blends the two layers around its velocity); a pitch's layers are rendered, published and
-fresh together. An entry is *fresh* when it was rendered for a target within ``jitter`` of the
+note blends the two layers around its velocity). An entry is *fresh* when it was rendered for a target within ``jitter`` of the
 current one (largest difference over faders and latent values), so a fader that wobbles by less
 than that does not cost a refill. In ``per-note`` z mode
 each entry holds a note drawn with its own latent point, fresh until it is played once.
+
+Freshness is kept per layer (``fresh[p]`` has a bit per layer), so that a priority render need
+only make the layers a note blends (see :class:`RenderCache`); a refill renders a pitch's layers
+together, which levels them to one loudness (``waeserver.renderer.shape_layers``).
 
 Threads: the cache lives on the renderer's and the control threads, under :attr:`lock`; the
 audio thread (the C voice pool, :mod:`waeserver.voices`) sees only what the cache gives it once
@@ -40,9 +43,14 @@ class Note(NamedTuple):
 
 class RenderCache:
     """Per-pitch renders ``notes[p]`` (a tuple of one :class:`Note` per layer at the output rate,
-    softest first, or None) and their freshness; ``velocities`` are the layers' MIDI velocities.
+    softest first, None for a layer never rendered; or None) and their freshness (``fresh[p]``: a
+    bit per layer); ``velocities`` are the layers' MIDI velocities.
 
-    ``played[p]`` is a note counter used to refill the most recently played pitches first.
+    A pitch is *whole* when its layers were rendered in one batch and levelled together; a priority
+    render of some of its layers (:meth:`pop_requests` says which) levels them with the gains and
+    loop of the pitch's last whole render (:meth:`levels`), and leaves the pitch to the refill,
+    which renders it whole again. ``played[p]`` is a note counter used to refill the most recently
+    played pitches first.
     :meth:`attach` hands the cache to a :class:`~waeserver.voices.VoicePool`, whose note-ons ask
     for renders (:meth:`pop_requests`).
     """
@@ -51,14 +59,19 @@ class RenderCache:
         self.low, self.high = int(pitch_range[0]), int(pitch_range[1])
         self.jitter = float(jitter)
         self.velocities = tuple(int(v) for v in velocities)
+        self.all_layers = (1 << len(self.velocities)) - 1
+        self._bits = (1 << np.arange(len(self.velocities))).astype(np.uint8)
         self.lock = threading.Lock()
-        self.notes: list[tuple[Note, ...] | None] = [None] * N_PITCHES
-        # what each render was made for, as rows, so a retarget is a few array operations
-        self.has_key = np.zeros(N_PITCHES, bool)
-        self.key_styles = np.zeros((N_PITCHES, 0), np.float32)
-        self.key_z = np.zeros((N_PITCHES, 0), np.float32)
-        self.key_drawn = np.zeros(N_PITCHES, bool)     # a per-note draw (its z is its own)
-        self.fresh = np.zeros(N_PITCHES, bool)
+        self.notes: list[tuple[Note | None, ...] | None] = [None] * N_PITCHES
+        self.whole = np.zeros(N_PITCHES, bool)
+        self._levels: list[tuple[tuple[float, ...], bool] | None] = [None] * N_PITCHES   # of the last whole render
+        # what each layer's render was made for, as rows, so a retarget is a few array operations
+        n = len(self.velocities)
+        self.has_key = np.zeros((N_PITCHES, n), bool)
+        self.key_styles = np.zeros((N_PITCHES, n, 0), np.float32)
+        self.key_z = np.zeros((N_PITCHES, n, 0), np.float32)
+        self.key_drawn = np.zeros((N_PITCHES, n), bool)     # a per-note draw (its z is its own)
+        self.fresh = np.zeros(N_PITCHES, np.uint8)
         self.used = np.zeros(N_PITCHES, bool)
         self.played = np.zeros(N_PITCHES, np.int64)
         self.target: tuple[np.ndarray, np.ndarray, bool] | None = None
@@ -76,7 +89,15 @@ class RenderCache:
 
     def nbytes(self) -> int:
         """Bytes of samples held, every pitch and layer."""
-        return sum(note.wave.nbytes for layers in self.notes if layers is not None for note in layers)
+        return sum(note.wave.nbytes for layers in self.notes if layers is not None for note in layers if note)
+
+    def is_fresh(self, pitch: int) -> bool:
+        """Every layer of ``pitch`` fresh."""
+        return int(self.fresh[pitch]) == self.all_layers
+
+    def levels(self, pitch: int) -> tuple[tuple[float, ...], bool] | None:
+        """The layer gains and loop decision of ``pitch``'s last whole render (None: none yet)."""
+        return self._levels[pitch]
 
     @property
     def expected_ms(self) -> float:
@@ -129,18 +150,23 @@ class RenderCache:
                 pass
 
     def _shape_keys(self, n_styles: int, n_z: int) -> None:
-        if self.key_styles.shape[1] != n_styles or self.key_z.shape[1] != n_z:  # another model: no key matches
-            self.key_styles = np.zeros((N_PITCHES, n_styles), np.float32)
-            self.key_z = np.zeros((N_PITCHES, n_z), np.float32)
+        if self.key_styles.shape[2] != n_styles or self.key_z.shape[2] != n_z:  # another model: no key matches
+            n = len(self.velocities)
+            self.key_styles = np.zeros((N_PITCHES, n, n_styles), np.float32)
+            self.key_z = np.zeros((N_PITCHES, n, n_z), np.float32)
             self.has_key[:] = False
 
     def _close(self, rows: slice | np.ndarray) -> np.ndarray:
-        """Whether the renders of pitches ``rows`` were made within ``jitter`` of the target."""
+        """Whether each layer's render of pitches ``rows`` was made within ``jitter`` of the target
+        (``[pitches, layers]``)."""
         styles, z, per_note = self.target
         close = self.has_key[rows] & (np.abs(self.key_styles[rows] - styles).max(axis=-1, initial=0.0) < self.jitter)
         if per_note:
             return close & self.key_drawn[rows]
         return close & ~self.key_drawn[rows] & (np.abs(self.key_z[rows] - z).max(axis=-1, initial=0.0) < self.jitter)
+
+    def _fresh_bits(self, close: np.ndarray) -> np.ndarray:
+        return (close.astype(np.uint8) * self._bits).sum(axis=-1).astype(np.uint8)
 
     def set_target(self, styles: np.ndarray, z: np.ndarray, per_note: bool) -> None:
         """Make ``(styles [S], z [D], per_note)`` the target; entries further than ``jitter`` go stale."""
@@ -152,60 +178,75 @@ class RenderCache:
             rows = slice(self.low, self.high + 1)
             close = self._close(rows)
             if per_note:
-                close &= ~self.used[rows]
-            self.fresh[rows] = close
+                close &= ~self.used[rows, None]
+            self.fresh[rows] = self._fresh_bits(close)
         self.wake()
 
-    def publish(self, pitches: list[int], notes: list[tuple[Note, ...]], key: tuple) -> None:
-        """Store renders of ``pitches`` (distinct; every layer of each) made for ``key = (styles, z or
-        None for per-note draws)``."""
+    def publish(self, pitches: list[int], notes: list[tuple[Note, ...]], key: tuple, layers=None,
+                levels=None) -> None:
+        """Store renders of ``pitches`` (distinct) made for ``key = (styles, z or None for per-note
+        draws)``: every layer of each, or with ``layers`` the layers (indices) of each pitch's notes.
+        ``levels`` gives, for each pitch rendered whole, its layers' gains and loop (see :meth:`levels`)."""
         styles, z = key
-        rows = np.asarray(pitches, np.int64)
+        every = tuple(range(len(self.velocities)))
+        layers = [every] * len(pitches) if layers is None else [tuple(ls) for ls in layers]
         with self.lock:
-            published = np.ones(len(rows), bool)
-            for i, (p, note) in enumerate(zip(pitches, notes)):
-                self.notes[p] = note
-                if self.pool is not None:   # before it is marked fresh, which the pool reads at once
-                    published[i] = self.pool.publish(p, note)
-            self._shape_keys(len(styles), self.key_z.shape[1] if z is None else len(z))
-            self.has_key[rows] = True
-            self.key_styles[rows] = styles
-            self.key_drawn[rows] = z is None
-            if z is not None:
-                self.key_z[rows] = z
+            self._shape_keys(len(styles), self.key_z.shape[2] if z is None else len(z))
+            for i, (p, note, ls) in enumerate(zip(pitches, notes, layers)):
+                held = list(self.notes[p] or (None,) * len(every))
+                for layer, n in zip(ls, note):
+                    held[layer] = n
+                self.notes[p] = tuple(held)
+                # before it is marked fresh, which the pool reads at once
+                published = self.pool is None or self.pool.publish(p, note, ls)
+                cols = list(ls)
+                self.has_key[p, cols] = published
+                self.key_styles[p, cols] = styles
+                self.key_drawn[p, cols] = z is None
+                if z is not None:
+                    self.key_z[p, cols] = z
+                self.whole[p] = ls == every and published
+                if levels is not None and levels[i] is not None:
+                    self._levels[p] = levels[i]
+            rows = np.asarray(pitches, np.int64)
             self.used[rows] = False
-            self.fresh[rows] = self._close(rows) & published if self.target is not None else False
+            self.fresh[rows] = self._fresh_bits(self._close(rows)) if self.target is not None else 0
 
     def has_requests(self) -> bool:
         return self.pool is not None and self.pool.has_requests()
 
-    def pop_requests(self) -> list[int]:
-        """Requested pitches not fresh any more, most recent request first, each once (the
-        renderer's thread only). A per-note draw the pool used up is requested too."""
+    def pop_requests(self) -> dict[int, int]:
+        """Requested pitches with layers not fresh any more, most recent request first, each once, to
+        the layers to render (a bit each: those the notes blend, not yet fresh) (the renderer's
+        thread only). A per-note draw the pool used up is requested too, every layer."""
         asked = self.pool.requests() if self.pool is not None else []
-        seen: list[int] = []
-        for kind, p in reversed(asked):
+        wanted: dict[int, int] = {}
+        for kind, p, ls in reversed(asked):
             if kind == R_TAKEN:
                 self.used[p] = True
-            if p not in seen and not self.fresh[p]:
-                seen.append(p)
-        return seen
+                ls = self.all_layers
+            missing = ls & ~int(self.fresh[p]) & self.all_layers
+            if missing:
+                wanted[p] = wanted.get(p, 0) | missing
+        return wanted
 
     def stale(self) -> list[int]:
-        """Pitches to refill, most recently played first."""
-        stale = [p for p in self.pitches() if not self.fresh[p]]
+        """Pitches to refill (a layer not fresh, or not rendered whole), most recently played first."""
+        stale = [p for p in self.pitches() if not self.is_fresh(p) or not self.whole[p]]
         stale.sort(key=lambda p: -self.played[p])
         return stale
 
     def n_fresh(self) -> int:
-        return int(self.fresh[self.low:self.high + 1].sum())
+        """Pitches with every layer fresh."""
+        return int((self.fresh[self.low:self.high + 1] == self.all_layers).sum())
 
     def clear(self) -> None:
         """Forget every render (the output rate changed)."""
         with self.lock:
             self.notes = [None] * N_PITCHES
             self.has_key[:] = False
-            self.fresh[:] = False
+            self.whole[:] = False
+            self.fresh[:] = 0
             if self.pool is not None:
                 self.pool.clear()
         self.wake()

@@ -107,7 +107,7 @@ def render_song(inst, commands, song: list[tuple[float, bytes]], automation: lis
 
     def ensure(pitch: int) -> None:
         cache = renderer.cache
-        if cache.playable(pitch) and not cache.fresh[pitch]:
+        if cache.playable(pitch) and not (cache.is_fresh(pitch) and cache.whole[pitch]):
             renderer.render_now([pitch], priority=False)
 
     while frame < limit:
@@ -134,7 +134,7 @@ def render_song(inst, commands, song: list[tuple[float, bytes]], automation: lis
             inst.control(inst.controls.popleft())
         cache = renderer.cache
         if cache.has_requests():    # per-note draws used up, notes that found nothing: ready next period
-            renderer.render_now(cache.pop_requests(), priority=False)
+            renderer.render_now(list(cache.pop_requests()), priority=False)   # whole, as every render here
         frame = end
         if i_song >= len(song) and i_auto >= len(automation) and not pool.queued() and pool.sounding() == 0:
             break

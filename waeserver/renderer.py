@@ -153,44 +153,56 @@ def shape_note(wave: np.ndarray, rate: int, loop: bool | None = None) -> Note:
     return Note(note, loop_at)
 
 
-def shape_layers(waves: np.ndarray, rate: int) -> tuple[Note, ...]:
-    """The velocity layers ``[L,T]`` of one pitch, softest first, made ready for the voices.
+Levels = tuple[tuple[float, ...], bool]   # a pitch's layer gains and whether its layers loop
+
+
+def shape_layers(waves: np.ndarray, rate: int, levels: Levels | None = None) -> tuple[tuple[Note, ...], Levels]:
+    """The velocity layers ``[L,T]`` of one pitch, softest first, made ready for the voices; and
+    their levels.
 
     Each layer is brought to the level of the loudest (RMS over the note's first ``LOOP_S[1]``;
     raised at most ``LAYER_GAIN_MAX``), so that the velocity curve alone sets a note's level and the
     layers only its timbre. They loop or not together, as most of them would on their own, so that
-    a voice blending two of them holds or decays as one note.
+    a voice blending two of them holds or decays as one note. Some layers of a pitch alone (a
+    priority render) take the gains and loop of ``levels``, those of the pitch's last whole render,
+    one gain per layer given.
     """
-    head = int(LOOP_S[1] * rate)
-    levels = [_rms(w[:head]) for w in waves]
-    top = max(levels)
-    gains = [min(top / level, LAYER_GAIN_MAX) if level > SILENCE and top > SILENCE else 1.0 for level in levels]
-    waves = [w * np.float32(g) for w, g in zip(waves, gains)]
-    steady = sum(STEADY[0] <= _drift(w, rate) <= STEADY[1] for w in waves)
-    loop = 2 * steady > len(waves)
-    return tuple(shape_note(w, rate, loop) for w in waves)
+    if levels is None:
+        head = int(LOOP_S[1] * rate)
+        rms = [_rms(w[:head]) for w in waves]
+        top = max(rms)
+        gains = tuple(min(top / level, LAYER_GAIN_MAX) if level > SILENCE and top > SILENCE else 1.0 for level in rms)
+        steady = sum(STEADY[0] <= _drift(w, rate) <= STEADY[1] for w in waves)
+        levels = gains, 2 * steady > len(waves)
+    gains, loop = levels
+    return tuple(shape_note(w * np.float32(g), rate, loop) for w, g in zip(waves, gains)), levels
 
 
 @torch.inference_mode()
 def synthesize_notes(bundle, pitches: list[int], velocities, styles: np.ndarray, zs: np.ndarray,
-                     rate: int) -> list[tuple[Note, ...]]:
+                     rate: int, layers=None, levels=None) -> list[tuple[tuple[Note, ...], Levels]]:
     """Notes of ``bundle`` at ``rate`` Hz, shaped for the voices, one per MIDI velocity of
-    ``velocities`` for each pitch (one batch): ``styles [B,S]``, ``zs [B,D]``."""
+    ``velocities`` for each pitch (one batch): ``styles [B,S]``, ``zs [B,D]``; with ``layers``, only
+    the layers (indices into ``velocities``) given for each pitch, levelled by its ``levels`` (see
+    :func:`shape_layers`; None for a pitch rendered whole). Each pitch's notes and levels."""
     dev = bundle.device
-    n = len(velocities)
-    rows = lambda a: torch.from_numpy(np.repeat(a, n, axis=0)).to(dev)  # noqa: E731  (every layer of a pitch)
+    layers = [tuple(range(len(velocities)))] * len(pitches) if layers is None else [tuple(ls) for ls in layers]
+    levels = [None] * len(pitches) if levels is None else levels
+    counts = [len(ls) for ls in layers]
+    rows = lambda a: torch.from_numpy(np.repeat(a, counts, axis=0)).to(dev)  # noqa: E731  (each layer of a pitch)
+    vel = [velocities[layer] for ls in layers for layer in ls]
     wave = bundle.synthesize(rows(np.asarray(pitches, np.int64)),
-                             torch.tensor(velocities, dtype=torch.float32, device=dev).div(127).repeat(len(pitches)),
-                             rows(styles), rows(zs))
+                             torch.tensor(vel, dtype=torch.float32, device=dev).div(127), rows(styles), rows(zs))
     wave = to_rate(wave.float().cpu().numpy(), bundle.sample_rate, rate)
-    return [shape_layers(wave[i:i + n], rate) for i in range(0, len(wave), n)]
+    starts = np.cumsum([0] + counts)
+    return [shape_layers(wave[a:b], rate, lv) for a, b, lv in zip(starts[:-1], starts[1:], levels)]
 
 
 def _worker_main(conn, path: str, device: str, rate: int, velocities: tuple[int, ...]) -> None:
     """The render process: load the bundle, say how long a note can be, map the note bank the
-    daemon made for that, then answer each ``(pitches, styles, zs)`` by writing the notes (every
-    layer of each pitch, in turn) into the bank's rows and sending ``(loop, length)`` for each (see
-    RenderWorker)."""
+    daemon made for that, then answer each ``(pitches, styles, zs, layers, levels)`` by writing the
+    notes (the layers of each pitch, in turn) into the bank's rows and sending ``(loop, length)`` for
+    each, and each pitch's levels (see RenderWorker, :func:`synthesize_notes`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the daemon's to handle
     try:   # a core only when nothing else wants it: JACK's threads and the daemon's preempt it at once
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
@@ -219,14 +231,14 @@ def _worker_main(conn, path: str, device: str, rate: int, velocities: tuple[int,
     while True:   # until the daemon terminates this process
         job = conn.recv()
         try:
-            notes = [note for layers in synthesize_notes(bundle, job[0], velocities, job[1], job[2], rate)
-                     for note in layers]
+            done = synthesize_notes(bundle, job[0], velocities, job[1], job[2], rate, job[3], job[4])
+            notes = [note for layers, _ in done for note in layers]
             for row, note in zip(bank, notes):   # the daemon sends at most a bank of pitches
                 row[:len(note.wave)] = note.wave
         except Exception as exc:
             conn.send(str(exc) or type(exc).__name__)
             continue
-        conn.send([(note.loop, len(note.wave)) for note in notes])
+        conn.send(([(note.loop, len(note.wave)) for note in notes], [levels for _, levels in done]))
 
 
 class WorkerDied(RuntimeError):
@@ -296,23 +308,28 @@ class RenderWorker:
                 return f"killed by signal {-code}"
         return f"exit status {code}"
 
-    def render(self, pitches: list[int], styles: np.ndarray, zs: np.ndarray) -> list[tuple[Note, ...]]:
-        """Every layer of ``pitches`` (``styles [B,S]``, ``zs [B,D]``), as :func:`synthesize_notes`;
-        :class:`WorkerDied` when the process is gone."""
-        notes = []
-        n = len(self.velocities)
+    def render(self, pitches: list[int], styles: np.ndarray, zs: np.ndarray, layers=None,
+               levels=None) -> list[tuple[tuple[Note, ...], Levels]]:
+        """The layers of ``pitches`` (``styles [B,S]``, ``zs [B,D]``, ``layers``, ``levels``), as
+        :func:`synthesize_notes`; :class:`WorkerDied` when the process is gone."""
+        done = []
+        every = tuple(range(len(self.velocities)))
+        layers = [every] * len(pitches) if layers is None else layers
+        levels = [None] * len(pitches) if levels is None else levels
         for i in range(0, len(pitches), self.BANK_PITCHES):
             rows = slice(i, i + self.BANK_PITCHES)
             try:
-                self._conn.send((list(pitches[rows]), styles[rows], zs[rows]))
+                self._conn.send((list(pitches[rows]), styles[rows], zs[rows], layers[rows], levels[rows]))
                 reply = self._conn.recv()
             except (EOFError, OSError):   # a live worker never closes its end: it is gone
                 raise WorkerDied(f"the render process (pid {self.pid}) is gone: {self.how_it_ended()}") from None
             if isinstance(reply, str):
                 raise RuntimeError(f"render failed: {reply}")
-            flat = [Note(self._bank[j, :length].copy(), loop) for j, (loop, length) in enumerate(reply)]
-            notes += [tuple(flat[j:j + n]) for j in range(0, len(flat), n)]
-        return notes
+            shapes, got = reply
+            flat = [Note(self._bank[j, :length].copy(), loop) for j, (loop, length) in enumerate(shapes)]
+            starts = np.cumsum([0] + [len(ls) for ls in layers[rows]])
+            done += [(tuple(flat[a:b]), lv) for a, b, lv in zip(starts[:-1], starts[1:], got)]
+        return done
 
     def close(self) -> None:
         """Stop the process now; a render in progress is thrown away."""
@@ -380,23 +397,33 @@ class Renderer:
         self.cache.set_target(*self.target())
 
     # --- rendering ---------------------------------------------------------------------------
-    def render(self, pitches: list[int]) -> tuple[list[tuple[Note, ...]], tuple]:
-        """Render ``pitches`` for the current target: their layers' notes at ``rate``, and the target's key."""
+    def render(self, pitches: list[int], layers=None) -> tuple[list[tuple[Note, ...]], tuple, list, list]:
+        """Render ``pitches`` for the current target (with ``layers``, a tuple of layer indices for each
+        pitch, only those: levelled as the pitch's last whole render, else whole): their layers'
+        notes at ``rate``, the target's key, the layers rendered and the levels of the whole ones."""
         styles, z, per_note = self.target()
         b = len(pitches)
+        every = tuple(range(len(self.cache.velocities)))
+        layers = [every] * b if layers is None else list(layers)
+        known = [None if ls == every else self.cache.levels(p) for p, ls in zip(pitches, layers)]
+        layers = [every if lv is None else ls for ls, lv in zip(layers, known)]   # no levels yet: whole
         if per_note:
             zs = self.rng.standard_normal((b, len(z))).astype(np.float32)
         else:
             zs = np.repeat(z[None], b, axis=0)
         rows = np.repeat(styles[None], b, axis=0)
+        key = (styles, None if per_note else z)
         worker = self.worker
+        done = None
         if worker is not None:
             try:
-                return worker.render(pitches, rows, zs), (styles, None if per_note else z)
+                done = worker.render(pitches, rows, zs, layers, known)
             except WorkerDied as exc:
                 self._worker_died(worker, str(exc))
-        notes = synthesize_notes(self.bundle, pitches, self.cache.velocities, rows, zs, self.rate)
-        return notes, (styles, None if per_note else z)
+        if done is None:
+            done = synthesize_notes(self.bundle, pitches, self.cache.velocities, rows, zs, self.rate, layers, known)
+        levels = [lv if ls == every else None for (_, lv), ls in zip(done, layers)]
+        return [notes for notes, _ in done], key, layers, levels
 
     def set_rate(self, rate: int) -> None:
         """Render at ``rate`` Hz from now on (the render process is started again for it)."""
@@ -467,10 +494,13 @@ class Renderer:
         if worker is not None and not worker.alive():
             self._worker_died(worker, f"the render process (pid {worker.pid}) is gone: {worker.how_it_ended()}")
 
-    def render_now(self, pitches: list[int], priority: bool = True) -> None:
-        """Render ``pitches`` and publish them to the cache."""
+    def render_now(self, pitches, priority: bool = True) -> None:
+        """Render ``pitches`` and publish them to the cache: every layer of each, or for a mapping
+        of pitches to layer bits (:meth:`RenderCache.pop_requests`) those layers."""
         t0 = time.perf_counter()
-        self.cache.publish(pitches, *self.render(pitches))
+        pitches, layers = list(pitches), self._layers(pitches)
+        notes, key, layers, levels = self.render(pitches, layers)
+        self.cache.publish(pitches, notes, key, layers, levels)
         ms = (time.perf_counter() - t0) * 1000.0
         if priority:
             self.render_ms.append(ms)
@@ -478,6 +508,12 @@ class Renderer:
         else:
             per_pitch = ms / len(pitches)
             self.pitch_ms = per_pitch if self.pitch_ms is None else 0.8 * self.pitch_ms + 0.2 * per_pitch
+
+    def _layers(self, pitches) -> list[tuple[int, ...]] | None:
+        if not isinstance(pitches, dict):
+            return None
+        n = len(self.cache.velocities)
+        return [tuple(layer for layer in range(n) if bits >> layer & 1) for bits in pitches.values()]
 
     def refill_batch(self) -> int:
         """Pitches in the next refill batch: up to ``batch``, as many as fit in ``slice_ms``, at least
@@ -498,8 +534,9 @@ class Renderer:
         """Run every batch shape once and measure a one-note priority render."""
         p = (self.cache.low + self.cache.high) // 2
         self.render([p] * self.batch)
-        for _ in range(3):
-            self.render_now([p])
+        self.render_now([p], priority=False)   # its levels, for the priority renders below
+        for _ in range(3):   # a priority render: the two layers of a note between them, as a note at 100
+            self.render_now({p: 0b11 << max(0, len(self.cache.velocities) - 2)})
 
     def step(self) -> bool:
         """One unit of work: a priority batch, else one refill batch. False when there was none."""
@@ -509,7 +546,7 @@ class Renderer:
             self._adopt()
         wanted = self.cache.pop_requests()
         if wanted:
-            self.render_now(wanted[:PRIORITY_MAX])
+            self.render_now(dict(list(wanted.items())[:PRIORITY_MAX]))
             return True
         stale = self.cache.stale()
         if stale:

@@ -85,10 +85,11 @@ class Pair(ctypes.Structure):
 
 class Voice(ctypes.Structure):
     """One voice as the C pool keeps it (read live: a snapshot needs a copy). ``pos`` counts frames
-    into the note (a loop does not wind it back); ``blend`` is the weight of layer ``layer + 1``."""
+    into the note (a loop does not wind it back); ``blend`` is the weight of layer ``layer + 1``;
+    ``need`` has a bit for each layer it blends (every layer in per-note z mode)."""
 
     _fields_ = [(name, ctypes.c_int32) for name in
-                ("state", "pitch", "held", "sustained", "waiting", "layer", "xfade", "done")] + \
+                ("state", "pitch", "held", "sustained", "waiting", "layer", "xfade", "done", "need")] + \
                [(name, Pair) for name in ("slot", "old", "standin")] + \
                [(name, ctypes.c_double) for name in ("pos", "level", "slope", "gain", "blend")] + \
                [(name, ctypes.c_int64) for name in ("age", "released_at", "on_frame", "wait", "hold")]
@@ -104,7 +105,7 @@ class Event(ctypes.Structure):
 
 
 class Request(ctypes.Structure):
-    _fields_ = [("kind", ctypes.c_int32), ("pitch", ctypes.c_int32)]
+    _fields_ = [(name, ctypes.c_int32) for name in ("kind", "pitch", "layers", "pad")]
 
 
 def _load() -> ctypes.CDLL:
@@ -180,7 +181,8 @@ class VoicePool:
         self.params = _lib.voices_params(self._p).contents
         self.stats = _lib.voices_stats(self._p).contents
         self.voices = (Voice * (2 * self.polyphony)).from_address(_lib.voices_voices(self._p))
-        self.fresh = np.ctypeslib.as_array((ctypes.c_bool * N_PITCHES).from_address(_lib.voices_fresh(self._p)))
+        # a bit per velocity layer whose render is fresh
+        self.fresh = np.ctypeslib.as_array((ctypes.c_uint8 * N_PITCHES).from_address(_lib.voices_fresh(self._p)))
         self.played = np.ctypeslib.as_array((ctypes.c_int64 * N_PITCHES).from_address(_lib.voices_played(self._p)))
         self.current = np.ctypeslib.as_array(((ctypes.c_int32 * MAX_LAYERS) * N_PITCHES).from_address(
             _lib.voices_current(self._p)))   # [pitch, layer]
@@ -348,24 +350,27 @@ class VoicePool:
             if not _lib.voices_command(self._p, LAYERS, 0, len(velocities), 0, 0, 0, 0, 0, 0.0):
                 self._refuse("the voice pool's queue is full: layers dropped")
 
-    def publish(self, pitch: int, notes) -> bool:
-        """Make ``notes`` (one :class:`~waeserver.cache.Note` per velocity layer, or one Note: layer 0)
-        the renders of ``pitch`` from the next period; voices waiting for them take them once the
-        last is in. False when not all of them could be queued."""
+    def publish(self, pitch: int, notes, layers=None) -> bool:
+        """Make ``notes`` (one :class:`~waeserver.cache.Note` per velocity layer, or one Note: layer 0;
+        with ``layers``, the layer of each note) the renders of ``pitch`` from the next period; voices
+        waiting for them take them once the last is in (and every layer they blend is new or
+        fresh). None stands for a layer not rendered. False when not all of them could be queued."""
         notes = [notes] if hasattr(notes, "wave") else list(notes)
-        for note in notes:
+        layers = list(range(len(notes))) if layers is None else list(layers)
+        given = [(layer, note) for layer, note in zip(layers, notes) if note is not None]
+        for _, note in given:
             wave = note.wave
             if wave.dtype != np.float32 or not wave.flags.c_contiguous or len(wave) < 1:
                 raise ValueError("a render must be a non-empty contiguous float32 array")
         with self._lock:
-            if len(self._free) < len(notes):
+            if len(self._free) < len(given):
                 self.poll()
-            if len(self._free) < len(notes):
+            if len(self._free) < len(given):
                 return False
-            for layer, note in enumerate(notes):
+            for i, (layer, note) in enumerate(given):
                 slot = self._free.pop()
                 self._notes[slot] = note
-                if not _lib.voices_command(self._p, PUBLISH, 0, int(pitch), slot, layer, int(layer == len(notes) - 1),
+                if not _lib.voices_command(self._p, PUBLISH, 0, int(pitch), slot, int(layer), int(i == len(given) - 1),
                                            note.wave.ctypes.data, len(note.wave), float(note.loop)):
                     del self._notes[slot]
                     self._free.append(slot)
@@ -387,11 +392,12 @@ class VoicePool:
     def has_requests(self) -> bool:
         return bool(_lib.voices_has_requests(self._p))
 
-    def requests(self) -> list[tuple[int, int]]:
-        """``(kind, pitch)`` the audio thread asked of the renderer: ``R_RENDER`` a pitch now, ``R_TAKEN`` a
-        per-note draw used up. One consumer (the renderer's thread)."""
+    def requests(self) -> list[tuple[int, int, int]]:
+        """``(kind, pitch, layers)`` the audio thread asked of the renderer: ``R_RENDER`` a pitch's
+        ``layers`` (a bit per velocity layer: those a note blends) now, ``R_TAKEN`` a per-note draw used
+        up. One consumer (the renderer's thread)."""
         n = _lib.voices_requests(self._p, self._request_buf, len(self._request_buf))
-        return [(r.kind, r.pitch) for r in self._request_buf[:n]]
+        return [(r.kind, r.pitch, r.layers) for r in self._request_buf[:n]]
 
     # --- events (the control thread) ---------------------------------------------------------
     def poll(self) -> None:
