@@ -16,6 +16,7 @@ import random
 import re
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -29,6 +30,7 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 
 ROOT = Path(__file__).resolve().parents[1]
 SC = ROOT / "patches" / "supercollider"
+QUARK = SC / "Wae"
 PD = ROOT / "patches" / "pd"
 MAXPAT = ROOT / "patches" / "max" / "waeserver.maxpat"
 EXAMPLES = ROOT / "examples"
@@ -58,6 +60,8 @@ CONTRACT = {
     "/wae/status": r"",
     "/wae/notify": r"ii?",
     "/wae/sync": r"i",
+    "/wae/version": r"",
+    "/wae/render": r"sii?",
 }
 
 
@@ -78,6 +82,24 @@ def type_tags(dgram: bytes) -> str:
     return dgram[start + 1:dgram.index(b"\0", start)].decode()
 
 
+NTP_UNIX = 2208988800   # seconds from 1900 (NTP) to 1970
+
+
+def unbundle(data: bytes, tag: float | None = None) -> list[tuple[bytes, float | None]]:
+    """The messages of an OSC packet, each with its bundle's time tag in Unix seconds (None: a
+    plain message; 0: "now")."""
+    if not data.startswith(b"#bundle\0"):
+        return [(data, tag)]
+    seconds, fraction = struct.unpack(">II", data[8:16])
+    tag = 0.0 if (seconds, fraction) == (0, 1) else seconds - NTP_UNIX + fraction / 2**32
+    out, i = [], 16
+    while i < len(data):
+        (size,) = struct.unpack(">i", data[i:i + 4])
+        out += unbundle(data[i + 4:i + 4 + size], tag)
+        i += 4 + size
+    return out
+
+
 class OscPeer:
     """A UDP OSC endpoint on an ephemeral port that records what arrives and answers queries.
 
@@ -92,6 +114,7 @@ class OscPeer:
         self.port = self.sock.getsockname()[1]
         self.answers = answers or {}
         self.received: list[tuple[str, str, list, tuple]] = []
+        self.tagged: list[tuple[float, float, str, list]] = []   # (arrival, tag, address, args), Unix seconds
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -102,10 +125,13 @@ class OscPeer:
                 data, sender = self.sock.recvfrom(65536)
             except socket.timeout:
                 continue
-            msg = OscMessage(data)
-            self.received.append((msg.address, type_tags(data), list(msg.params), sender))
-            for address, args in self.answers.get(msg.address, lambda a: [])(msg.params):
-                self.sock.sendto(encode(address, args), sender)
+            for dgram, tag in unbundle(data):
+                msg = OscMessage(dgram)
+                self.received.append((msg.address, type_tags(dgram), list(msg.params), sender))
+                if tag is not None:
+                    self.tagged.append((time.time(), tag, msg.address, list(msg.params)))
+                for address, args in self.answers.get(msg.address, lambda a: [])(msg.params):
+                    self.sock.sendto(encode(address, args), sender)
 
     def send(self, dest: tuple[str, int], address: str, args: list) -> None:
         self.sock.sendto(encode(address, args), dest)
@@ -159,13 +185,20 @@ def require(program: str, package: str) -> None:
         pytest.fail(f"{program} is not installed (make test installs {package})")
 
 
-def run_sclang(script: str, tmp_path: Path, timeout: int = 40) -> str:
-    """Run `script` with sclang headless; returns what it posted. The script must end with 0.exit."""
+def run_sclang(script: str, tmp_path: Path, timeout: int = 40, env: dict | None = None, quark: bool = True) -> str:
+    """Run `script` with sclang headless; returns what it posted. The script must end with 0.exit.
+    With `quark`, the class library includes the Wae quark's folder (a library config of the
+    test's own, as an installed quark would be); `env` adds to the environment."""
     require("sclang", "supercollider-language")
     path = tmp_path / "test.scd"
     path.write_text(script)
-    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", QTWEBENGINE_DISABLE_SANDBOX="1")
-    proc = subprocess.run(["timeout", str(timeout), "sclang", str(path)], capture_output=True, text=True,
+    args = []
+    if quark:
+        conf = tmp_path / "sclang_conf.yaml"
+        conf.write_text(f"includePaths:\n  - {sc_path(QUARK)}\nexcludePaths: []\npostInlineWarnings: false\n")
+        args = ["-l", str(conf)]
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", QTWEBENGINE_DISABLE_SANDBOX="1", **(env or {}))
+    proc = subprocess.run(["timeout", str(timeout), "sclang", *args, str(path)], capture_output=True, text=True,
                           env=env, cwd=tmp_path)
     assert proc.returncode == 0, f"sclang exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}"
     assert "ERROR" not in proc.stdout, proc.stdout[-3000:]
@@ -221,16 +254,17 @@ def run_pd(port: int, actions: str, tmp_path: Path, run_ms: int = 1500) -> str:
 def test_supercollider_client_and_patterns_send_the_contract(peer, tmp_path):
     out = run_sclang(f"""
 ~waeAddr = NetAddr("127.0.0.1", {peer.port});
-{sc_path(SC / "pbind_example.scd")}.load;   // loads waeserver.scd itself
+{sc_path(SC / "pbind_example.scd")}.load;   // loads waeserver.scd itself, which makes ~wae
 fork {{
     while {{ ~wae.styleNames.isEmpty }} {{ 0.05.wait }};   // the info reply
     ("STYLES " ++ ~wae.styleNames.join(",")).postln;
     ~wae.note(60, 100, 0.5); ~wae.note(61); ~wae.noteOn(62, 90); ~wae.noteOff(62);
-    ~wae.style(\\flute, 1); ~wae.mix(\\piano, 0.3, \\violin, 1); ~wae.setStyles([1, 0, 0.5]);
+    ~wae.style(\\flute, 1); ~wae.mix(\\piano, 0.3, \\violin, 1); ~wae.styles([1, 0, 0.5]);
     ~wae.z([0.5, -1, 0]); ~wae.zRandom(7); ~wae.zRandom; ~wae.zMode('per-note');
     ~wae.gain(1); ~wae.releaseTime(0.2); ~wae.bendRange(2); ~wae.learn("style:flute");
     ~wae.presetSave(\\intro); ~wae.presetLoad(\\intro); ~wae.presetList; ~wae.loadModel("/nowhere");
-    ~wae.status; ~wae.notify(1); ~wae.sync(3); ~wae.panic;
+    ~wae.status {{ |st| ("STATUS " ++ st.model ++ " " ++ st.cpuLoad).postln }};
+    ~wae.notify(1); ~wae.sync; ~wae.version; ~wae.render(\\n1, 60); ~wae.render(\\n2, 60, 90); ~wae.panic;
     Pdef(\\waeMelody).play(quant: 0); Tdef(\\waeMorph).play(quant: 0); Pdef(\\waeSwell).play(quant: 0);
     1.2.wait;
     Pdef(\\waeMelody).stop; Tdef(\\waeMorph).stop; Pdef(\\waeSwell).stop;
@@ -238,22 +272,28 @@ fork {{
     0.exit;
 }};
 """, tmp_path)
-    assert "STYLES piano,flute,violin" in out  # the OSCdef parsed /wae/model/info.reply
+    assert "STYLES piano,flute,violin" in out  # the class parsed /wae/model/info.reply
     assert "PRESETS intro,verse" in out
+    assert "STATUS test-bundle 0.1" in out     # named fields
     assert_all_follow_contract(peer)
     sent = {a for a, *_ in peer.received}
     assert set(CONTRACT) <= sent, f"helpers never sent {set(CONTRACT) - sent}"
     assert ("iif", [60, 100, 0.5]) in peer.messages("/wae/note")
-    # The Pbind: dorian from middle C, dur 0.25 * legato 0.5 at tempo 1 -> 0.125 s, velocity 110
-    pattern_notes = [args for tags, args in peer.messages("/wae/note") if len(args) == 3][1:]
-    assert [n[0] for n in pattern_notes[:4]] == [60, 63, 67, 70]
-    assert pattern_notes[0][1:] == [110, 0.125]
-    # The Routine morph fades the first style into the second; the Pbind swell moves both faders.
+    # The Pbind: dorian from middle C, dur 0.25 * legato 0.5 at tempo 1 -> 0.125 s, velocity 110,
+    # each note in a bundle tagged s.latency (0.2 s) ahead, the tags as far apart as the durations
+    pattern = [(tag, arrival, args) for arrival, tag, address, args in peer.tagged if address == "/wae/note"]
+    assert [n[2][0] for n in pattern[:4]] == [60, 63, 67, 70]
+    assert pattern[0][2][1:] == [110, 0.125]
+    assert all(0.15 < tag - arrival < 0.25 for tag, arrival, _ in pattern), pattern
+    assert [round(b[0] - a[0], 4) for a, b in zip(pattern, pattern[1:4])] == [0.25, 0.25, 0.5]
+    # The Routine morph fades the first style into the second; the Pbind swell moves both faders,
+    # in timed bundles too.
     mixes = [args for _, args in peer.messages("/wae/mix") if args[0] == "piano" and args[2] == "flute"]
     assert len(mixes) >= 5 and mixes[0][1] == 1.0 and mixes[-1][3] > 0
     assert all(abs(m[1] + m[3] - 1) < 1e-6 for m in mixes)
     swell = [args for _, args in peer.messages("/wae/style") if args[0] == "flute"]
     assert len(swell) >= 5 and swell[-1][1] > swell[1][1]
+    assert sum(1 for *_, address, args in peer.tagged if address == "/wae/style" and args[0] == "flute") >= 5
 
 
 def test_supercollider_midi_forwarding_and_gui(peer, tmp_path):
@@ -262,16 +302,16 @@ def test_supercollider_midi_forwarding_and_gui(peer, tmp_path):
 {sc_path(SC / "midi_forward.scd")}.load;
 {sc_path(SC / "gui.scd")}.load;
 fork {{
-    while {{ ~wae.styleNames.isEmpty or: {{ ~wae.presets.isEmpty }} }} {{ 0.05.wait }};
+    while {{ ~wae.styleNames.isEmpty or: {{ ~wae.presets.isEmpty }} or: {{ ~waeGui.faders.isNil }} }} {{ 0.05.wait }};
     MIDIIn.doNoteOnAction(1, 0, 64, 80); MIDIIn.doNoteOffAction(1, 0, 64, 0);
     MIDIIn.doControlAction(1, 0, 1, 127); MIDIIn.doControlAction(1, 0, 123, 0);
     MIDIIn.doProgramAction(1, 0, 1);
     {{
-        ("FADERS " ++ ~wae.faders.collect(_.first).join(",")).postln;
-        ~wae.faders[2][1].valueAction_(0.75);
-        ~wae.zSliders[0].valueAction_(1);
-        ~wae.keyboard.mouseDownAction.value(~wae.keyboard, 5, 50);
-        ~wae.keyboard.mouseUpAction.value(~wae.keyboard, 5, 50);
+        ("FADERS " ++ ~waeGui.faders.collect(_.first).join(",")).postln;
+        ~waeGui.faders[2][1].valueAction_(0.75);
+        ~waeGui.zSliders[0].valueAction_(1);
+        ~waeGui.keyboard.mouseDownAction.value(~waeGui.keyboard, 5, 50);
+        ~waeGui.keyboard.mouseUpAction.value(~waeGui.keyboard, 5, 50);
     }}.defer;
     0.5.wait;
     0.exit;
@@ -633,10 +673,7 @@ fork {{
     Pdef(\\waeMelody).play(quant: 0); Tdef(\\waeMorph).play(quant: 0);
     1.5.wait;
     Pdef(\\waeMelody).stop; Tdef(\\waeMorph).stop;
-    ~wae.lastStatus = nil; ~wae.status;
-    while {{ ~wae.lastStatus.isNil }} {{ 0.05.wait }};
-    ("STATUS " ++ ~wae.lastStatus.join(",")).postln;
-    0.exit;
+    ~wae.status {{ |st| ("STATUS " ++ st.model ++ "," ++ st.voices).postln; 0.exit }};
 }};
 """, tmp_path)
     end = time.monotonic()

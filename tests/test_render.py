@@ -19,7 +19,7 @@ import soundfile as sf
 import torch
 from pythonosc.osc_message import OscMessage
 
-from test_server import RATE, Osc, Probe, free_port, longest_silence, start_jackd, stop, wait_for
+from test_server import RATE, Osc, Probe, free_port, longest_silence, start_jackd, stop
 from waeserver.bundle import load_bundle, make_test_bundle
 from waeserver.config import validate
 from waeserver.note_files import render_note
@@ -42,28 +42,36 @@ class Replies(Osc):
         raise AssertionError(f"none of {addresses} within {timeout} s")
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory):
-    """One JACK server and one daemon with a 1 MB render folder; yields (daemon, probe, osc, bundle path)."""
+@contextlib.contextmanager
+def running_daemon(tmp_path_factory, **options):
+    """A dummy JACK server and the daemon on it, JACK client ``waeserver``, playing a test bundle
+    with presets and renders in folders of their own; yields (daemon, bundle path)."""
     torch.set_num_threads(1)
     bundle = make_test_bundle(tmp_path_factory.mktemp("models") / "render-test")
     name = f"waetest-{uuid.uuid4().hex[:8]}"
     jackd = start_jackd(name)
     cfg = validate({"model": str(bundle), "device": "cpu", "jack_server": name, "osc_port": free_port(),
                     "preset_dir": str(tmp_path_factory.mktemp("presets")), "jack_connect": False,
-                    "render_dir": str(tmp_path_factory.mktemp("home") / "renders"), "render_dir_mb": MB})
+                    "render_dir": str(tmp_path_factory.mktemp("home") / "renders"), **options})
     daemon = Daemon(cfg)
     try:
         daemon.start()
         threading.Thread(target=daemon.run, daemon=True).start()
-        probe = Probe(name)
-        osc = Replies(cfg.osc_port)
-        yield daemon, probe, osc, bundle
-        osc.close()
-        probe.close()
+        yield daemon, bundle
     finally:
         daemon.close()
         stop(jackd)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """One daemon with a 1 MB render folder; yields (daemon, probe, osc, bundle path)."""
+    with running_daemon(tmp_path_factory, render_dir_mb=MB) as (daemon, bundle):
+        probe = Probe(daemon.cfg.jack_server)
+        osc = Replies(daemon.cfg.osc_port)
+        yield daemon, probe, osc, bundle
+        osc.close()
+        probe.close()
 
 
 def render(osc, name, *args) -> list:
