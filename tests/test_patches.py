@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SC = ROOT / "patches" / "supercollider"
 QUARK = SC / "Wae"
 PD = ROOT / "patches" / "pd"
-MAXPAT = ROOT / "patches" / "max" / "waeserver.maxpat"
+MAXPKG = ROOT / "patches" / "max" / "waeserver"
+MAXPAT = MAXPKG / "extras" / "waeserver.maxpat"
 EXAMPLES = ROOT / "examples"
 STYLES = ["piano", "flute", "violin"]
 
@@ -367,28 +368,29 @@ def test_pd_patch_sends_the_contract_and_names_faders_from_the_reply(tmp_path):
 
 # --- Max, as JSON ----------------------------------------------------------------------------------
 
-def test_max_patch_is_valid_and_wired_to_the_daemon():
-    patcher = json.loads(MAXPAT.read_text())["patcher"]
-    boxes = {b["box"]["id"]: b["box"] for b in patcher["boxes"]}
-    lines = [(ln["patchline"]["source"], ln["patchline"]["destination"]) for ln in patcher["lines"]]
-    assert len(boxes) == len(patcher["boxes"])
-    for (src, outlet), (dst, inlet) in lines:
-        assert outlet < boxes[src]["numoutlets"] and inlet < boxes[dst]["numinlets"], (src, dst)
+class MaxPatch:
+    """A Max patcher file (.maxpat, .maxhelp: JSON) checked for consistency: unique box ids, every
+    patch cord from an existing outlet to an existing inlet."""
 
-    def find(maxclass, text=None):
-        return [i for i, b in boxes.items() if b["maxclass"] == maxclass and (text is None or b.get("text") == text)]
+    def __init__(self, path: Path):
+        patcher = json.loads(path.read_text())["patcher"]
+        self.boxes = {b["box"]["id"]: b["box"] for b in patcher["boxes"]}
+        self.lines = [(ln["patchline"]["source"], ln["patchline"]["destination"]) for ln in patcher["lines"]]
+        assert len(self.boxes) == len(patcher["boxes"]), path
+        for (src, outlet), (dst, inlet) in self.lines:
+            assert outlet < self.boxes[src]["numoutlets"] and inlet < self.boxes[dst]["numinlets"], (path, src, dst)
+        self.downstream: dict[str, set[str]] = {}
+        for (src, _), (dst, _) in self.lines:
+            self.downstream.setdefault(src, set()).add(dst)
 
-    (udpsend,) = find("newobj", "udpsend 127.0.0.1 57130")
-    (udpreceive,) = [i for i, b in boxes.items() if b.get("text", "").startswith("udpreceive ")]
-    reply_port = boxes[udpreceive]["text"].split()[1]
-    notify = find("message", f"/wae/notify 1 {reply_port}")
-    assert notify, "the patch must subscribe its udpreceive port"
+    def find(self, maxclass, text=None) -> list[str]:
+        return [i for i, b in self.boxes.items() if b["maxclass"] == maxclass and (text is None or b.get("text") == text)]
 
-    downstream: dict[str, set[str]] = {}
-    for (src, _), (dst, _) in lines:
-        downstream.setdefault(src, set()).add(dst)
+    def one(self, maxclass, text=None) -> str:
+        (found,) = self.find(maxclass, text)
+        return found
 
-    def reaches(start: str, goal: str) -> bool:
+    def reaches(self, start: str, goal: str) -> bool:
         seen, todo = set(), [start]
         while todo:
             node = todo.pop()
@@ -396,8 +398,21 @@ def test_max_patch_is_valid_and_wired_to_the_daemon():
                 return True
             if node not in seen:
                 seen.add(node)
-                todo += downstream.get(node, ())
+                todo += self.downstream.get(node, ())
         return False
+
+    def texts(self, maxclass) -> list[str]:
+        return [b.get("text", "") for b in self.boxes.values() if b["maxclass"] == maxclass]
+
+
+def test_max_patch_is_valid_and_wired_to_the_daemon():
+    patch = MaxPatch(MAXPAT)
+    boxes, find, reaches = patch.boxes, patch.find, patch.reaches
+    (udpsend,) = find("newobj", "udpsend 127.0.0.1 57130")
+    (udpreceive,) = [i for i, b in boxes.items() if b.get("text", "").startswith("udpreceive ")]
+    reply_port = boxes[udpreceive]["text"].split()[1]
+    notify = find("message", f"/wae/notify 1 {reply_port}")
+    assert notify, "the patch must subscribe its udpreceive port"
 
     # every OSC address in the patch is in the contract and every sender reaches udpsend
     osc_boxes = {i: b["text"] for i, b in boxes.items()
@@ -421,6 +436,74 @@ def test_max_patch_is_valid_and_wired_to_the_daemon():
     assert all(reaches(route, p) for p in find("newobj", "prepend"))
     help_text = " ".join(b["text"] for b in boxes.values() if b["maxclass"] == "comment")
     assert "waeserver serve" in help_text
+
+
+def osc_addresses(patch: MaxPatch) -> set[str]:
+    """The /wae/ addresses a patch's message boxes and prepend objects send."""
+    texts = [t for t in patch.texts("message") if t.startswith("/wae/")]
+    texts += [t.split(maxsplit=1)[1] for t in patch.texts("newobj") if t.startswith("prepend /wae/")]
+    return {t.split()[0] for t in texts}
+
+
+def test_max_package_is_laid_out_and_its_abstractions_wired():
+    info = json.loads((MAXPKG / "package-info.json").read_text())
+    assert info["name"] == "waeserver" and info["version"] and info["max_version_min"] >= "8"
+    assert set(info["os"]) == {"macintosh", "windows"}
+    assert (MAXPKG / "help" / info["homepatcher"]).is_file()
+    names = ("wae.client", "wae.note", "wae.style", "wae.render")
+    assert {p.stem for p in (MAXPKG / "patchers").glob("*.maxpat")} == set(names)
+    patches = {n: MaxPatch(MAXPKG / "patchers" / f"{n}.maxpat") for n in names}
+    helps = {n: MaxPatch(MAXPKG / "help" / f"{n}.maxhelp") for n in names}
+    for patch in [*patches.values(), *helps.values(), MaxPatch(MAXPAT)]:
+        assert osc_addresses(patch) <= set(CONTRACT), osc_addresses(patch) - set(CONTRACT)
+
+    # wae.client: the one connection; its inlet and [r wae.send] reach udpsend, replies go out and
+    # to [s wae.reply]; it subscribes its reply port (from its arguments) on load
+    c = patches["wae.client"]
+    udpsend, udpreceive = c.one("newobj", "udpsend 127.0.0.1 57130"), c.one("newobj", "udpreceive 57132")
+    assert c.reaches(c.one("inlet"), udpsend) and c.reaches(c.one("newobj", "r wae.send"), udpsend)
+    assert c.reaches(c.one("newobj", "loadbang"), c.one("message", "/wae/notify 1 $1"))
+    assert c.reaches(c.one("message", "/wae/notify 1 $1"), udpsend)
+    args = c.one("newobj", "patcherargs 127.0.0.1 57130 57132")
+    assert c.reaches(args, udpsend) and c.reaches(args, udpreceive) and c.reaches(args, c.one("message", "/wae/notify 1 $1"))
+    assert all(c.reaches(udpreceive, o) for o in c.find("outlet")) and len(c.find("outlet")) == 2
+    assert c.reaches(udpreceive, c.one("newobj", "s wae.reply"))
+    assert c.reaches(c.one("newobj", "route /fail"), c.one("newobj", "print wae.fail"))
+
+    # wae.note: three inlets packed into /wae/note; the n_go pitches out
+    n = patches["wae.note"]
+    send = n.one("newobj", "s wae.send")
+    assert len(n.find("inlet")) == 3 and all(n.reaches(i, n.one("newobj", "prepend /wae/note")) for i in n.find("inlet"))
+    assert n.reaches(n.one("newobj", "prepend /wae/note"), send)
+    assert n.reaches(n.one("newobj", "r wae.reply"), n.one("outlet")) and n.find("newobj", "route /wae/n_go")
+
+    # wae.style NAME: its argument names the fader
+    st = patches["wae.style"]
+    assert st.reaches(st.one("inlet"), st.one("message", "/wae/style #1 $1"))
+    assert st.reaches(st.one("message", "/wae/style #1 $1"), st.one("newobj", "s wae.send"))
+
+    # wae.render BUFFER: /wae/render BUFFER pitch velocity; its own reply's path into buffer~ BUFFER,
+    # as it is or under a local folder
+    r = patches["wae.render"]
+    render, buffer = r.one("message", "/wae/render #1 $1 $2"), r.one("newobj", "buffer~ #1")
+    assert all(r.reaches(i, render) for i in r.find("inlet")) and r.reaches(render, r.one("newobj", "s wae.send"))
+    route = r.one("newobj", "route /wae/render.reply")
+    assert r.reaches(r.one("newobj", "r wae.reply"), route) and r.reaches(route, r.one("newobj", "route #1"))
+    assert r.reaches(route, r.one("newobj", "prepend replace")) and r.reaches(r.one("newobj", "prepend replace"), buffer)
+    assert r.reaches(r.one("newobj", "strippath"), r.one("newobj", "sprintf symout %s/%s"))
+    assert r.reaches(r.one("newobj", "route folder"), r.one("newobj", "zl reg"))
+    assert any(r.reaches(buffer, o) for o in r.find("outlet"))       # bang when loaded
+
+    # every help file holds its abstraction with the inlets and outlets it has, and a wae.client
+    for name, patch in patches.items():
+        h = helps[name]
+        uses = [b for b in h.boxes.values() if b["maxclass"] == "newobj" and b.get("text", "").split()[0] == name]
+        assert uses, f"{name}.maxhelp does not use {name}"
+        assert all((b["numinlets"], b["numoutlets"]) == (len(patch.find("inlet")), len(patch.find("outlet")))
+                   for b in uses), name
+        assert h.find("newobj", "wae.client") and h.texts("comment")
+    assert helps["wae.render"].reaches(helps["wae.render"].one("newobj", "wae.render wae.note"),
+                                       helps["wae.render"].one("newobj", "play~ wae.note"))
 
 
 # --- example scripts -------------------------------------------------------------------------------
