@@ -199,6 +199,14 @@ class Probe:
             client.close()
 
 
+def stop_all(osc: Osc, probe: Probe, daemon: subprocess.Popen, jackd: subprocess.Popen) -> None:
+    osc.close()
+    probe.close()
+    for proc in (daemon, jackd):
+        proc.terminate()
+        proc.wait(10)
+
+
 def first_sound(rec: np.ndarray, frame: int, until: int) -> int | None:
     loud = np.flatnonzero(rec[frame:until])
     return int(loud[0]) if len(loud) else None
@@ -234,12 +242,7 @@ def measure(model: str, budget_ms: float, notes: int, seed: int, realtime: bool)
         osc.send("/wae/status")
         status = osc.wait("/wae/status.reply", 5.0)
     finally:
-        osc.close()
-        probe.close()
-        daemon.terminate()
-        daemon.wait(10)
-        jackd.terminate()
-        jackd.wait(10)
+        stop_all(osc, probe, daemon, jackd)
     out = {"budget_ms": budget_ms, "output_latency_ms": round(output_ms, 3)}
     for kind, ms in results.items():
         ms = np.array(ms)

@@ -13,16 +13,18 @@ from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 
+from waeserver import __version__
 from waeserver.bundle import load_bundle, make_test_bundle
 from waeserver.config import validate
 from waeserver.osc import Commands, OscServer, encode
 from waeserver.server import Instrument
+from waeserver.timing import encode_bundle
 from waeserver.voices import FREE, PLAYING
 
 CONTRACT = {"/wae/note", "/wae/noteon", "/wae/noteoff", "/wae/panic", "/wae/style", "/wae/styles", "/wae/mix",
             "/wae/z", "/wae/z/random", "/wae/z/mode", "/wae/gain", "/wae/release", "/wae/bend_range",
             "/wae/learn", "/wae/preset/save", "/wae/preset/load", "/wae/preset/list", "/wae/model/load",
-            "/wae/model/info", "/wae/status", "/wae/notify", "/wae/sync", "/wae/render"}
+            "/wae/model/info", "/wae/status", "/wae/notify", "/wae/sync", "/wae/render", "/wae/version"}
 ME = ("127.0.0.1", 40000)
 
 
@@ -211,9 +213,13 @@ def test_info_status_and_sync(commands, inst):
     assert commands.apply("/wae/model/info", []) == [("/wae/model/info.reply",
                                                        ["osc-test", 3, 22050, "piano", "flute", "violin"])]
     (address, status), = commands.apply("/wae/status", [])
-    assert address == "/wae/status.reply" and len(status) == 12
-    assert [type(v) for v in status] == [int, int, float, float, float, float, int, int, str, str, int, float]
-    assert status[8] == "cpu" and status[9] == "osc-test"
+    assert address == "/wae/status.reply" and len(status) == 13    # the contract's ten, then three more
+    assert [type(v) for v in status] == [int, int, float, float, float, float, int, int, str, str, int, float, int]
+    assert status[8] == "cpu" and status[9] == "osc-test" and status[12] == 0
+    commands.report_late(0.25, "/wae/note")
+    assert commands.apply("/wae/status", [])[0][1][12] == 1
+    assert commands.apply("/wae/version", []) == [("/wae/version.reply", ["waeserver", __version__])]
+    assert commands.apply("/wae/version", [1])[0][0] == "/fail"
     commands.apply("/wae/sync", [42], ME)
     period(inst)
     assert ("synced", (ME, 42)) in inst.pool.events
@@ -325,3 +331,52 @@ def test_flood_of_ten_thousand_messages(server, client, inst):
     assert server.received > 1_000 and server.refused == 0
     assert inst.state.styles[1] == 0.125          # the latest message wins
     assert not inst.cache.fresh[inst.cache.low:inst.cache.high + 1].all()
+
+
+def test_a_bundle_tagged_ahead_is_held_until_its_time(server, client, inst):
+    client.sendto(encode_bundle(time.time() + 0.5, [("/wae/gain", [0.4]), ("/wae/gain", [0.6])]), server.address)
+    client.sendto(encode("/wae/model/info", []), server.address)   # plain messages still apply at once
+    assert receive(client)[0] == "/wae/model/info.reply"
+    assert inst.state.gain == 1.0 and server.scheduler.pending == 2
+    wait_for(lambda: inst.state.gain == pytest.approx(0.6), timeout=5)   # both, in order
+    assert server.scheduler.pending == 0 and server.commands.late == 0
+
+
+def test_late_far_nested_malformed_and_flooding_bundles(server, client, inst):
+    """A late bundle applies at once and is reported; one more than 60 s ahead, nested, malformed or
+    over the held messages' bound is refused whole with /fail, and nothing changes."""
+    client.sendto(encode("/wae/notify", [1]), server.address)
+    assert receive(client) == ("/done", ["/wae/notify"])
+    client.sendto(encode_bundle(time.time() - 2.0, [("/wae/gain", [0.5])]), server.address)
+    address, (seconds, first) = receive(client)
+    assert address == "/wae/late" and 2.0 <= seconds < 3.0 and first == "/wae/gain"
+    assert receive(client)[0] == "/wae/state" and inst.state.gain == 0.5
+    assert receive(client) == ("/done", ["/wae/gain"])
+    client.sendto(encode("/wae/status", []), server.address)
+    assert receive(client)[1][12] == 1
+    client.sendto(encode_bundle(time.time() + 61.0, [("/wae/gain", [0.7])]), server.address)
+    address, (what, why) = receive(client)
+    assert (address, what) == ("/fail", "#bundle") and "at most 60 s" in why
+    inner = OscBundleBuilder(IMMEDIATELY)
+    msg = OscMessageBuilder("/wae/gain")
+    msg.add_arg(0.8)
+    inner.add_content(msg.build())
+    outer = OscBundleBuilder(IMMEDIATELY)
+    outer.add_content(inner.build())
+    client.sendto(outer.build().dgram, server.address)
+    address, (what, why) = receive(client)
+    assert (address, what) == ("/fail", "#bundle") and "nested" in why
+    good = encode_bundle(None, [("/wae/gain", [0.9]), ("/wae/gain", [0.8])])
+    client.sendto(good[:16] + (1000).to_bytes(4, "big") + good[20:], server.address)    # an element too long
+    address, (what, why) = receive(client)
+    assert (address, what) == ("/fail", "#bundle") and "size" in why
+    client.sendto(good[:-3], server.address)                                             # truncated
+    assert receive(client)[:1] == ("/fail",)
+    assert inst.state.gain == 0.5
+    flood = [("/wae/noteoff", [60])] * 1500
+    for _ in range(2):
+        client.sendto(encode_bundle(time.time() + 30.0, flood), server.address)
+    client.sendto(encode_bundle(time.time() + 30.0, flood), server.address)
+    address, (what, why) = receive(client)
+    assert (address, what) == ("/fail", "#bundle") and "at most 4096" in why
+    assert server.scheduler.pending == 3000

@@ -480,3 +480,29 @@ def test_a_loud_chord_is_limited_without_clipping_and_a_single_note_passes_uncha
     limited = pool.stats.limited
     after = play(pool, 20, [(0, "note_on", (60, 1.0))])
     assert np.array_equal(after, single[:len(after)]) and pool.stats.limited == limited
+
+
+def test_actions_posted_for_a_frame_are_held_until_it(engine):
+    """Actions posted inside ``pool.at(frame)`` start on that frame, however many periods ahead and
+    in whatever order they were posted; one whose frame has passed applies at once, counted."""
+    _, _, _, pool = engine
+    start = pool.stats.frame
+    with pool.at(start + 3 * PERIOD + 77):
+        pool.note_on(62, 1.0)
+    with pool.at(start + PERIOD + 5):
+        pool.note_on(60, 1.0)
+        pool.note_off(60)          # the same frame, after it: the note starts and is released there
+    out = play(pool, 5)
+    assert pool.held() == 0
+    onsets = np.flatnonzero(np.abs(np.diff(np.concatenate([[0.0], out]))) > 0)
+    assert onsets[0] == PERIOD + 5
+    assert not out[:PERIOD + 5].any()
+    voice = next(v for v in pool.voices if v.pitch == 62 and v.state != FREE)
+    assert voice.on_frame == start + 3 * PERIOD + 77 and voice.state == PLAYING
+    assert next(v for v in pool.voices if v.pitch == 60).state in (RELEASED, FREE)
+    late = pool.stats.timed_late
+    with pool.at(start):           # long past
+        pool.note_on(64, 1.0)
+    play(pool, 1)
+    assert pool.stats.timed_late == late + 1
+    assert next(v for v in pool.voices if v.pitch == 64).on_frame == start + 5 * PERIOD

@@ -48,6 +48,7 @@
 #define LATENCY_SLOTS 256
 #define TIMED_PERIODS 4096
 #define MAX_MIDI 1024      /* MIDI events of one period handed to the pool; more are dropped */
+#define MAX_TIMED 4096     /* commands held for a later frame (time-tagged OSC bundles) */
 #define JACK_THREAD_NICE -10  /* JACK's process thread when JACK is not realtime, where allowed */
 #define JACK_THREAD_SLICE_NS 500000  /* and its slice: see jack_thread_init */
 #define FADE_S 0.005       /* steal and panic fade */
@@ -64,7 +65,9 @@ enum { C_NOTE_ON = 1, C_NOTE_OFF, C_SUSTAIN, C_BEND, C_PANIC, C_ALL_OFF, C_SYNC,
 enum { E_GO = 1, E_END, E_SYNCED, E_FREED, E_CONTROL };
 enum { R_RENDER = 1, R_TAKEN };
 
-typedef struct { int32_t kind, at, a, b, c, d; int64_t x, y; double f; } Command;
+/* when: the pool frame to apply it at (a time-tagged bundle's), -1 at the start of the next period */
+typedef struct { int32_t kind, at, a, b, c, d; int64_t x, y; double f; int64_t when; } Command;
+typedef struct { Command c; int64_t seq; } Timed;
 typedef struct { int32_t kind, a, b, c; } Event;
 typedef struct { int32_t kind, pitch, layers, pad; } Request;   /* layers: a bit per velocity layer */
 
@@ -79,6 +82,7 @@ typedef struct {
 typedef struct {
     int64_t hits, misses, standins, out_of_range, dropped, overflow, mixes, frame, calls, n_latency, notes;
     int64_t limited;                     /* frames the limiter turned down */
+    int64_t timed_late, timed_overflow;  /* held commands applied after their frame; not held (full) */
     int64_t latency[LATENCY_SLOTS];      /* frames from note-on to sound */
     int64_t took_ns[TIMED_PERIODS];      /* JACK callback durations */
 } Stats;
@@ -107,6 +111,8 @@ typedef struct { uint32_t time; size_t size; uint8_t *buffer; } JackMidiEvent;
 typedef int (*midi_get_fn)(JackMidiEvent *, void *, uint32_t);
 typedef int (*set_process_fn)(void *, int (*)(uint32_t, void *), void *);
 typedef int (*set_thread_init_fn)(void *, void (*)(void *), void *);
+typedef int (*cycle_times_fn)(const void *, uint32_t *, uint64_t *, uint64_t *, float *);
+typedef uint64_t (*jack_time_fn)(void);
 
 typedef struct {
     Params params;
@@ -127,6 +133,16 @@ typedef struct {
     Slot slots[MAX_SLOTS];
     Ring cmd_ring, event_ring, request_ring;
     Command commands[CMD_RING];
+    Timed timed[MAX_TIMED];              /* a binary heap by (when, arrival) */
+    int32_t n_timed, n_due;
+    int64_t timed_seq;
+    Command due[MAX_TIMED];              /* this period's, in order, at their offsets */
+    /* The clock of the current period, for Python to map times to frames (voices_anchor): its first
+     * frame, when JACK's DLL puts that frame (CLOCK_MONOTONIC ns), the DLL's period; a seqlock. */
+    uint32_t anchor_seq;
+    int64_t anchor_frame, anchor_ns;
+    double anchor_period_ns;
+    int32_t anchor_frames;
     Event events[EVENT_RING];
     Request requests[REQUEST_RING];
     float *buf, *src, *old, *tmp;
@@ -135,6 +151,9 @@ typedef struct {
     port_buffer_fn port_buffer;
     midi_count_fn midi_count;
     midi_get_fn midi_get;
+    cycle_times_fn cycle_times;
+    jack_time_fn jack_time;
+    void *client;
     int32_t thread_nice;     /* JACK's threads: 0 not started, 2 at JACK_THREAD_NICE, 3 not raised,
                                 4 at JACK_THREAD_NICE with a short slice */
     int32_t thread_known;    /* the process thread has called us: thread is it */
@@ -636,16 +655,53 @@ static void limit(Pool *p, const float *buf, float *out, int n) {
     p->limit_hold = hold;
 }
 
+/* --- commands held for a frame --------------------------------------------------------------------- */
+static int timed_before(const Timed *a, const Timed *b) {
+    return a->c.when < b->c.when || (a->c.when == b->c.when && a->seq < b->seq);
+}
+
+static int hold(Pool *p, const Command *c) {
+    if (p->n_timed == MAX_TIMED) return 0;
+    Timed t = {*c, p->timed_seq++};
+    int i = p->n_timed++;
+    for (int up; i > 0 && timed_before(&t, &p->timed[up = (i - 1) / 2]); i = up) p->timed[i] = p->timed[up];
+    p->timed[i] = t;
+    return 1;
+}
+
+static void pop_held(Pool *p) {
+    Timed last = p->timed[--p->n_timed];
+    int n = p->n_timed, i = 0;
+    for (int k; (k = 2 * i + 1) < n; i = k) {
+        if (k + 1 < n && timed_before(&p->timed[k + 1], &p->timed[k])) k++;
+        if (!timed_before(&p->timed[k], &last)) break;
+        p->timed[i] = p->timed[k];
+    }
+    if (n > 0) p->timed[i] = last;
+}
+
 /* --- periods ------------------------------------------------------------------------------------ */
 static void begin(Pool *p, int n) {
     p->n = n;
     memset(p->buf, 0, (size_t)n * sizeof(float));
     for (int i = 0; i < p->n_voices; i++) p->voices[i].done = 0;
     while (ring_ready(&p->cmd_ring)) {
-        apply(p, &p->commands[p->cmd_ring.tail & (CMD_RING - 1)], 0);
+        const Command *c = &p->commands[p->cmd_ring.tail & (CMD_RING - 1)];
+        if (c->when < 0 || !hold(p, c)) {
+            if (c->when >= 0) p->stats.timed_overflow++;
+            apply(p, c, 0);
+        }
         ring_consumed(&p->cmd_ring);
     }
     int64_t end = p->stats.frame + n;
+    p->n_due = 0;
+    while (p->n_timed > 0 && p->timed[0].c.when < end) {   /* this period's, at their frames */
+        Command *d = &p->due[p->n_due++];
+        *d = p->timed[0].c;
+        if (d->when < p->stats.frame) p->stats.timed_late++;
+        d->at = d->when > p->stats.frame ? (int32_t)(d->when - p->stats.frame) : 0;
+        pop_held(p);
+    }
     for (int i = 0; i < p->n_voices; i++) {   /* waited as long as the budget allows: the last render */
         Voice *v = &p->voices[i];
         if (v->state == PENDING && v->standin.a >= 0 && v->wait < end) play_standin(p, v, 0);
@@ -745,10 +801,11 @@ int voices_sizes(int what) {   /* for the Python side's check of its mirror of t
 
 /* Queue a command for the next period (one producer at a time: the caller serialises). */
 int voices_command(Pool *p, int32_t kind, int32_t at, int32_t a, int32_t b, int32_t c_, int32_t d, int64_t x,
-                   int64_t y, double f) {
+                   int64_t y, double f, int64_t when) {
     if (!ring_space(&p->cmd_ring, CMD_RING)) return 0;
     Command *c = &p->commands[p->cmd_ring.head & (CMD_RING - 1)];
     c->kind = kind; c->at = at; c->a = a; c->b = b; c->c = c_; c->d = d; c->x = x; c->y = y; c->f = f;
+    c->when = when;
     ring_published(&p->cmd_ring);
     return 1;
 }
@@ -782,28 +839,73 @@ int voices_requests(Pool *p, Request *out, int max) {
 int voices_has_requests(Pool *p) { return ring_ready(&p->request_ring); }
 
 /* n frames (any number) into out, with events: commands at frame offsets ``at``, ascending (JACK
- * hands its MIDI as C_MIDI commands; the offline clock and the tests any command). */
+ * hands its MIDI as C_MIDI commands; the offline clock and the tests any command), merged in frame
+ * order with the held commands due in the period (a held one first on the same frame). */
 void voices_process(Pool *p, float *out, int n, const Command *events, int n_events) {
     int done = 0, e = 0;
     while (done < n) {   /* in pieces of at most max_period frames */
         int chunk = n - done < p->max_period ? n - done : p->max_period;
         begin(p, chunk);
-        int pos = 0;
-        for (; e < n_events && (events[e].at < done + chunk || done + chunk == n); e++) {
-            int at = events[e].at - done;
+        int pos = 0, d = 0;
+        for (;;) {
+            int from_events = e < n_events && (events[e].at < done + chunk || done + chunk == n);
+            if (!from_events && d == p->n_due) break;
+            const Command *c;
+            int at;
+            if (from_events && (d == p->n_due || events[e].at - done < p->due[d].at)) {
+                c = &events[e++];
+                at = c->at - done;
+            } else {
+                c = &p->due[d++];
+                at = c->at;
+            }
             pos = at < pos ? pos : (at > chunk ? chunk : at);
-            apply(p, &events[e], pos);
+            apply(p, c, pos);
         }
         finish(p, out + done);
         done += chunk;
     }
 }
 
+/* Held commands waiting for their frame (read from any thread: a count, maybe a period old). */
+int voices_held(Pool *p) { return __atomic_load_n(&p->n_timed, __ATOMIC_RELAXED); }
+
+/* The clock of the latest period (see Pool.anchor_*); 0 before JACK's first. */
+int voices_anchor(Pool *p, int64_t *frame, int64_t *ns, double *period_ns, int32_t *frames) {
+    for (;;) {
+        uint32_t seq = __atomic_load_n(&p->anchor_seq, __ATOMIC_ACQUIRE);
+        if (seq == 0) return 0;
+        if (seq & 1) continue;
+        *frame = p->anchor_frame; *ns = p->anchor_ns; *period_ns = p->anchor_period_ns; *frames = p->anchor_frames;
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (__atomic_load_n(&p->anchor_seq, __ATOMIC_RELAXED) == seq) return 1;
+    }
+}
+
+
 /* --- JACK ----------------------------------------------------------------------------------------- */
 static int64_t now_ns(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+/* Re-anchored every period from JACK's DLL, which follows the sound card's clock: a time maps to
+ * the frame the card plays then, however the two clocks drift apart. */
+static void anchor(Pool *p, uint32_t frames) {
+    uint32_t now_frames;
+    uint64_t start_us, next_us;
+    float period_us;
+    if (!p->cycle_times || p->cycle_times(p->client, &now_frames, &start_us, &next_us, &period_us) != 0) return;
+    int64_t mono = now_ns(), jack_ns = (int64_t)p->jack_time() * 1000;   /* JACK's clock to CLOCK_MONOTONIC */
+    uint32_t seq = p->anchor_seq;
+    __atomic_store_n(&p->anchor_seq, seq + 1, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    p->anchor_frame = p->stats.frame;
+    p->anchor_ns = (int64_t)start_us * 1000 + (mono - jack_ns);
+    p->anchor_period_ns = (double)period_us * 1000.0;
+    p->anchor_frames = (int32_t)frames;
+    __atomic_store_n(&p->anchor_seq, seq + 2, __ATOMIC_RELEASE);
 }
 
 static int jack_process(uint32_t frames, void *arg) {
@@ -829,6 +931,7 @@ static int jack_process(uint32_t frames, void *arg) {
         m->x = ev.size > 2 ? ev.buffer[2] : 0;
         m->y = (int64_t)ev.size;
     }
+    anchor(p, frames);
     voices_process(p, out_1, (int)frames, p->midi, n_events);
     memcpy(out_2, out_1, frames * sizeof(float));
     p->stats.took_ns[p->stats.calls % TIMED_PERIODS] = now_ns() - t0;
@@ -882,7 +985,11 @@ int voices_attach_jack(Pool *p, void *client, void *out_1, void *out_2, void *mi
     p->midi_get = (midi_get_fn)dlsym(lib, "jack_midi_event_get");
     set_process_fn set_process = (set_process_fn)dlsym(lib, "jack_set_process_callback");
     set_thread_init_fn set_thread_init = (set_thread_init_fn)dlsym(lib, "jack_set_thread_init_callback");
-    if (!p->port_buffer || !p->midi_count || !p->midi_get || !set_process || !set_thread_init) return -2;
+    p->cycle_times = (cycle_times_fn)dlsym(lib, "jack_get_cycle_times");
+    p->jack_time = (jack_time_fn)dlsym(lib, "jack_get_time");
+    if (!p->port_buffer || !p->midi_count || !p->midi_get || !set_process || !set_thread_init || !p->cycle_times
+        || !p->jack_time) return -2;
+    p->client = client;
     p->out_1 = out_1; p->out_2 = out_2; p->midi_in = midi_in;
     p->thread_nice = p->thread_known = 0;
     if (set_thread_init(client, jack_thread_init, p) != 0) return -3;

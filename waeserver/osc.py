@@ -7,8 +7,10 @@ subscribed sender). A handler checks every argument before it changes anything a
 The offline renderer drives the same table from its automation timeline.
 
 :class:`OscServer` receives datagrams on its own thread (a 4 MB receive buffer to ride out
-floods), drops senders outside the allow-list, unpacks bundles, dispatches, and sends replies and
-events (``/wae/n_go``, ``/wae/n_end``, ``/wae/state``, ``/wae/synced``) from the same socket.
+floods), drops senders outside the allow-list, hands bundles to a
+:class:`~waeserver.timing.Scheduler` (held for their time tags), dispatches, and sends replies and
+events (``/wae/n_go``, ``/wae/n_end``, ``/wae/state``, ``/wae/synced``, ``/wae/late``) from the
+same socket.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from collections.abc import Callable
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket, ParseError
 
+from waeserver import __version__
 from waeserver.faders import ControlError, finite
+from waeserver.timing import BundleError, Scheduler, parse_bundle
 from waeserver.voices import NotQueued
 
 log = logging.getLogger(__name__)
@@ -75,6 +79,7 @@ class Commands:
         self.inst = inst
         self.send = send or (lambda dest, address, args: None)
         self.subscribers: dict[Address, Address] = {}
+        self.late = 0   # time-tagged bundles that came (or were run) after their time
         inst.notify = lambda key, values: self.broadcast("/wae/state", [key, *values])
         # address: (handler, fewest args, most args or None, changes state)
         self.table: dict[str, tuple[Callable, int, int | None, bool]] = {
@@ -100,8 +105,14 @@ class Commands:
             "/wae/status": (self.status, 0, 0, False),
             "/wae/notify": (self.notify, 1, 2, False),
             "/wae/sync": (self.sync, 1, 1, False),
+            "/wae/version": (self.version, 0, 0, False),
             "/wae/render": (self.render, 2, 3, False),
         }
+
+    def report_late(self, seconds: float, address: str) -> None:
+        """A bundle ran ``seconds`` after its time tag: counted, and ``/wae/late`` to subscribers."""
+        self.late += 1
+        self.broadcast("/wae/late", [float(seconds), address])
 
     def broadcast(self, address: str, args: list) -> None:
         """Send an event to every subscriber."""
@@ -247,7 +258,10 @@ class Commands:
         return [("/wae/status.reply", [s["voices"], s["xruns"], s["cpu_load"], s["render_ms_p50"],
                                        s["render_ms_p99"], s["note_latency_ms"], s["cache_hits"],
                                        s["cache_misses"], s["device"], s["model"], s["standins"],
-                                       s["callback_ms_max"]])]
+                                       s["callback_ms_max"], self.late])]
+
+    def version(self, args, sender):
+        return [("/wae/version.reply", ["waeserver", __version__])]
 
     # --- session -------------------------------------------------------------------------------
     def notify(self, args, sender):
@@ -283,15 +297,18 @@ class OscServer:
         self.address = self.sock.getsockname()[:2]
         self.received = self.refused = self.dropped = 0
         commands.send = self.send
+        self.scheduler = Scheduler(commands.inst.pool, self._dispatch, commands.report_late)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="waeserver-osc", daemon=True)
 
     def start(self) -> None:
+        self.scheduler.start()
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(1.0)
+        self.scheduler.stop()
         self.sock.close()
 
     def send(self, dest: Address, address: str, args: list) -> None:
@@ -316,19 +333,30 @@ class OscServer:
                 continue
             self.received += 1
             try:
+                if data.startswith(b"#bundle"):   # held for its time tag (waeserver.timing)
+                    self.scheduler.submit(*parse_bundle(data), sender)
+                    continue
                 messages = [m.message for m in OscPacket(data).messages]
+            except BundleError as exc:
+                self.refused += 1
+                self.send(self.commands.reply_to(sender), "/fail", ["#bundle", str(exc)])
+                continue
             except (ParseError, ValueError, IndexError, OverflowError) as exc:
                 self.refused += 1
                 self.send(self.commands.reply_to(sender), "/fail", ["", f"malformed OSC packet ({exc})"[:200]])
                 continue
-            for msg in messages:
-                try:
-                    replies = self.commands.apply(msg.address, msg.params, sender)
-                except Exception:  # a bug in one handler must not stop the server
-                    log.exception("OSC %s failed", msg.address)
-                    replies = [("/fail", [msg.address, "internal error"])]
-                dest = self.commands.reply_to(sender)
-                for address, args in replies:
-                    if address == "/fail":
-                        self.refused += 1
-                    self.send(dest, address, args)
+            self._dispatch(messages, sender)
+
+    def _dispatch(self, messages: list, sender: Address) -> None:
+        """Run ``messages`` in order and send their replies (the OSC and the scheduler's threads)."""
+        for msg in messages:
+            try:
+                replies = self.commands.apply(msg.address, msg.params, sender)
+            except Exception:  # a bug in one handler must not stop the server
+                log.exception("OSC %s failed", msg.address)
+                replies = [("/fail", [msg.address, "internal error"])]
+            dest = self.commands.reply_to(sender)
+            for address, args in replies:
+                if address == "/fail":
+                    self.refused += 1
+                self.send(dest, address, args)

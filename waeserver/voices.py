@@ -35,6 +35,7 @@ back (an event) once no voice and no pitch uses it; only then is the array let g
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib.util
 import threading
@@ -73,7 +74,7 @@ class Params(ctypes.Structure):
 class Stats(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int64) for name in
                 ("hits", "misses", "standins", "out_of_range", "dropped", "overflow", "mixes", "frame", "calls",
-                 "n_latency", "notes", "limited")] + [("latency", ctypes.c_int64 * LATENCY_SLOTS),
+                 "n_latency", "notes", "limited", "timed_late", "timed_overflow")] + [("latency", ctypes.c_int64 * LATENCY_SLOTS),
                                            ("took_ns", ctypes.c_int64 * TIMED_PERIODS)]
 
 
@@ -96,8 +97,10 @@ class Voice(ctypes.Structure):
 
 
 class Command(ctypes.Structure):
+    """A voice action; ``when``: the pool frame it applies at (held until then), -1 the next period."""
+
     _fields_ = [(name, ctypes.c_int32) for name in ("kind", "at", "a", "b", "c", "d")] + \
-               [("x", ctypes.c_int64), ("y", ctypes.c_int64), ("f", ctypes.c_double)]
+               [("x", ctypes.c_int64), ("y", ctypes.c_int64), ("f", ctypes.c_double), ("when", ctypes.c_int64)]
 
 
 class Event(ctypes.Structure):
@@ -120,7 +123,8 @@ def _load() -> ctypes.CDLL:
         ("voices_voices", p, [p]), ("voices_fresh", p, [p]), ("voices_played", p, [p]), ("voices_current", p, [p]),
         ("voices_ratio", dbl, [p]), ("voices_sustain_on", ctypes.c_int, [p]), ("voices_sizes", ctypes.c_int, [ctypes.c_int]),
         ("voices_set_rate", None, [p, ctypes.c_int]),
-        ("voices_command", ctypes.c_int, [p, i32, i32, i32, i32, i32, i32, i64, i64, dbl]),
+        ("voices_command", ctypes.c_int, [p, i32, i32, i32, i32, i32, i32, i64, i64, dbl, i64]),
+        ("voices_held", ctypes.c_int, [p]), ("voices_anchor", ctypes.c_int, [p, p, p, p, p]),
         ("voices_queued", ctypes.c_int, [p, p, ctypes.c_int]), ("voices_events", ctypes.c_int, [p, p, ctypes.c_int]),
         ("voices_requests", ctypes.c_int, [p, p, ctypes.c_int]), ("voices_has_requests", ctypes.c_int, [p]),
         ("voices_process", None, [p, p, ctypes.c_int, p, ctypes.c_int]),
@@ -169,7 +173,8 @@ class VoicePool:
     changes) went to ``on_control(bytes)``.
 
     The actions (``note_on``, ``note_off``, ``sustain``, ``bend``, ``panic``, ``all_notes_off``,
-    ``midi``) may be called from any thread; they take effect at the start of the next period.
+    ``midi``) and :meth:`sync` may be called from any thread; they take effect at the start of the
+    next period, or, posted inside :meth:`at`, on a given frame.
     """
 
     def __init__(self, rate: int, cache=None, polyphony: int = 32, budget_ms: float = 10.0, max_period: int = 8192):
@@ -198,6 +203,7 @@ class VoicePool:
         self._event_buf = (Event * 4096)()
         self._request_buf = (Request * 1024)()
         self._queued_buf = (Command * 8192)()
+        self._when = threading.local()          # the frame of actions posted inside at()
         self._jack = None                       # the client whose process callback we are
         self.refusing = ""                      # why note-ons are refused now ("": they are not)
         self.lost = 0                           # actions not taken (NotQueued), ever
@@ -292,8 +298,36 @@ class VoicePool:
         if self.refusing and (kind == NOTE_ON or kind == MIDI and status & 0xF0 == 0x90 and velocity > 0):
             self._refuse(self.refusing)
         with self._lock:
-            if not _lib.voices_command(self._p, *command):
+            if not _lib.voices_command(self._p, *command, self._frame()):
                 self._refuse("the voice pool's queue is full: action dropped")
+
+    def _frame(self) -> int:
+        return getattr(self._when, "frame", -1)
+
+    @contextlib.contextmanager
+    def at(self, frame: int):
+        """Actions posted by this thread inside the block apply on pool frame ``frame`` (counted as
+        :attr:`Stats.frame`; see :meth:`anchor`): held in the C pool until the
+        period that holds it, then applied at its offset, in the order posted."""
+        self._when.frame = int(frame)
+        try:
+            yield
+        finally:
+            self._when.frame = -1
+
+    def held(self) -> int:
+        """Actions held in the C pool for a later frame."""
+        return _lib.voices_held(self._p)
+
+    def anchor(self) -> tuple[int, int, float, int] | None:
+        """The clock of the latest JACK period: ``(frame, ns, period_ns, frames)``: its first pool
+        frame, the ``time.monotonic_ns()`` JACK's DLL puts that frame at, the DLL's period estimate
+        and the period's frames; None before JACK has run a period (see ``waeserver.timing``)."""
+        frame, ns, period, n = ctypes.c_int64(), ctypes.c_int64(), ctypes.c_double(), ctypes.c_int32()
+        if not _lib.voices_anchor(self._p, ctypes.byref(frame), ctypes.byref(ns), ctypes.byref(period),
+                                  ctypes.byref(n)) or period.value <= 0:
+            return None
+        return frame.value, ns.value, period.value, n.value
 
     def _refuse(self, why: str):
         self.lost += 1
@@ -332,7 +366,7 @@ class VoicePool:
         with self._lock:
             self._next_token += 1
             self._tokens[self._next_token] = token
-            if not _lib.voices_command(self._p, SYNC, 0, self._next_token, 0, 0, 0, 0, 0, 0.0):
+            if not _lib.voices_command(self._p, SYNC, 0, self._next_token, 0, 0, 0, 0, 0, 0.0, self._frame()):
                 del self._tokens[self._next_token]
                 self._refuse("the voice pool's queue is full: sync dropped")
 
@@ -347,7 +381,7 @@ class VoicePool:
         with self._lock:
             for i, v in enumerate(velocities):
                 self.params.layer_velocity[i] = v
-            if not _lib.voices_command(self._p, LAYERS, 0, len(velocities), 0, 0, 0, 0, 0, 0.0):
+            if not _lib.voices_command(self._p, LAYERS, 0, len(velocities), 0, 0, 0, 0, 0, 0.0, -1):
                 self._refuse("the voice pool's queue is full: layers dropped")
 
     def publish(self, pitch: int, notes, layers=None) -> bool:
@@ -371,7 +405,7 @@ class VoicePool:
                 slot = self._free.pop()
                 self._notes[slot] = note
                 if not _lib.voices_command(self._p, PUBLISH, 0, int(pitch), slot, int(layer), int(i == len(given) - 1),
-                                           note.wave.ctypes.data, len(note.wave), float(note.loop)):
+                                           note.wave.ctypes.data, len(note.wave), float(note.loop), -1):
                     del self._notes[slot]
                     self._free.append(slot)
                     return False
@@ -383,7 +417,7 @@ class VoicePool:
         deadline = time.monotonic() + 0.5
         while True:
             with self._lock:
-                if _lib.voices_command(self._p, CLEAR, 0, 0, 0, 0, 0, 0, 0, 0.0):
+                if _lib.voices_command(self._p, CLEAR, 0, 0, 0, 0, 0, 0, 0, 0.0, -1):
                     return
             if time.monotonic() > deadline:
                 raise NotQueued("the voice pool's queue is full: clear dropped")
