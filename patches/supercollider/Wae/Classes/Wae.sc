@@ -1,16 +1,18 @@
 // Wae: the SuperCollider client of waeserver, a neural instrument. See Wae.schelp.
 //
-// One object per daemon address (Wae(addr) twice gives the same one). It subscribes to the
-// daemon's events at once (/wae/notify 1), so every call is answered: /done or a reply when
-// accepted, /fail when refused. Answers are matched to calls in order, per address (UDP keeps the
-// order on one host, and the daemon answers in order).
+// One object per daemon address (Wae(addr) twice gives the same one); it subscribes to the
+// daemon's events (/wae/notify 1) when it is made. A command given an action is followed by
+// /wae/sync: the action runs at /wae/synced unless a /fail for its address came first (the daemon
+// answers a refusal at once, the sync once every earlier command has taken effect), so actions
+// do not depend on /done, which time-tagged bundles answer only at their time. Queries are matched
+// to their replies in order, per address (UDP keeps the order on one host).
 
 Wae {
 	classvar <all, <>default, <statusKeys, <infoKeys;
 
 	var <addr, <>onFail, <>onState, <>onNoteGo, <>onNoteEnd, <>onLate;
 	var <lastInfo, <lastStatus, <presets, <voices;
-	var pending, syncActions, syncId = 0, responders, renderCount = 0;
+	var pending, waiting, syncId = 0, responders, renderCount = 0;
 
 	*initClass {
 		all = IdentityDictionary.new;
@@ -60,15 +62,19 @@ Wae {
 	init { |netAddr|
 		addr = netAddr;
 		pending = IdentityDictionary.new;
-		syncActions = IdentityDictionary.new;
+		waiting = List.new;   // [sync id, address, action, refused] of commands given an action, and syncs
 		voices = Set.new;
 		presets = [];
 		onFail = { |address, message| "waeserver refused %: %".format(address, message).warn };
 		responders = [
-			this.prOn('/done', { |msg| this.prAnswer(msg[1], true) }),
+			this.prOn('/done', { |msg| if(msg[1].asSymbol == '/wae/model/load') { this.prAnswer(msg[1], true) } }),
 			this.prOn('/fail', { |msg|
-				var address = msg[1].asSymbol, message = msg[2..].join(" ");
-				this.prTake(address);           // the refused call's action is not called
+				var address = msg[1].asSymbol, message = msg[2..].join(" "), command;
+				// the refused call's action is not called: a query's is dropped, a command's marked
+				if(pending[address].size > 0) { this.prTake(address) } {
+					command = waiting.detect { |w| w[1] == address and: { w[3].not } };
+					command !? { command[3] = true };
+				};
 				onFail.value(address, message, this);
 			}),
 			this.prOn('/wae/model/info.reply', { |msg|
@@ -93,8 +99,9 @@ Wae {
 			}),
 			this.prOn('/wae/version.reply', { |msg| this.prAnswer('/wae/version', msg[1..].collect(_.asString)) }),
 			this.prOn('/wae/synced', { |msg|
-				var action = syncActions.removeAt(msg[1].asInteger);
-				action.value(this);
+				var id = msg[1].asInteger, done = waiting.select { |w| w[0] <= id };
+				waiting.removeAll(done);   // earlier ones whose sync was lost too
+				done.do { |w| if(w[0] == id and: { w[3].not }) { w[2].value(if(w[1].isNil) { this } { true }, this) } };
 			}),
 			this.prOn('/wae/n_go', { |msg| voices.add(msg[1].asInteger); onNoteGo.value(msg[1].asInteger, this) }),
 			this.prOn('/wae/n_end', { |msg| voices.remove(msg[1].asInteger); onNoteEnd.value(msg[1].asInteger, this) }),
@@ -148,24 +155,20 @@ Wae {
 	// --- presets, model, session ------------------------------------------------------------------
 	presetSave { |name, action| this.prSend(action, ['/wae/preset/save', name.asString]) }
 	presetLoad { |name, action| this.prSend(action, ['/wae/preset/load', name.asString]) }
-	presetList { |action| this.prSend(action, ['/wae/preset/list']) }        // action.(names)
-	loadModel { |path, action| this.prSend(action, ['/wae/model/load', path.asString]) }   // action when it plays
-	info { |action| this.prSend(action, ['/wae/model/info']) }               // action.(info)
-	status { |action| this.prSend(action, ['/wae/status']) }                 // action.(status)
-	version { |action| this.prSend(action, ['/wae/version']) }               // action.([program, version])
+	presetList { |action| this.prQuery(action, ['/wae/preset/list']) }        // action.(names)
+	loadModel { |path, action| this.prQuery(action, ['/wae/model/load', path.asString]) }   // action when it plays
+	info { |action| this.prQuery(action, ['/wae/model/info']) }               // action.(info)
+	status { |action| this.prQuery(action, ['/wae/status']) }                 // action.(status)
+	version { |action| this.prQuery(action, ['/wae/version']) }               // action.([program, version])
 	notify { |on = 1, action| this.prSend(action, ['/wae/notify', on.asInteger]) }
 	// action once every command sent before has taken effect
-	sync { |action|
-		syncId = syncId + 1 % 0x7FFFFFFF;
-		syncActions[syncId] = action;
-		addr.sendMsg('/wae/sync', syncId);
-	}
+	sync { |action| this.prSync(nil, action) }
 
 	// --- notes as files and buffers ---------------------------------------------------------------
 	// The daemon renders one note with its current controls to render_dir/NAME.wav on its machine;
 	// action.((name, path, frames, sampleRate))
 	render { |name, pitch, velocity = 100, action|
-		this.prSend(action, ['/wae/render', name.asString, pitch.round.asInteger, velocity.round.asInteger])
+		this.prQuery(action, ['/wae/render', name.asString, pitch.round.asInteger, velocity.round.asInteger])
 	}
 	// The same, then Buffer.read on `server` (which must see the daemon's files); action.(buffer)
 	renderBuffer { |server, pitch, velocity = 100, action, name|
@@ -190,20 +193,32 @@ Wae {
 
 	// Messages as one bundle `latency` seconds ahead of the current logical time (nil: at once).
 	sendTimed { |latency, msgs|
-		msgs.do { |msg| this.prExpect(msg[0].asSymbol, nil) };
 		if(latency.isNil) { msgs.do { |msg| addr.sendMsg(*msg) } } { addr.sendBundle(latency, *msgs) };
 	}
 
 	// --- private ----------------------------------------------------------------------------------
 	prOn { |address, func| ^OSCFunc({ |msg| func.value(msg) }, address, addr).fix }
 
+	// A command; with an action, followed by a sync that runs it (see the top of this file).
 	prSend { |action, msg|
+		addr.sendMsg(*msg);
+		if(action.notNil) { this.prSync(msg[0].asSymbol, action) };
+	}
+
+	prSync { |address, action|
+		syncId = syncId % 0x7FFFFFFF + 1;
+		waiting.add([syncId, address, action, false]);
+		if(waiting.size > 1024) { waiting.removeAt(0) };   // a daemon that never answers
+		addr.sendMsg('/wae/sync', syncId);
+	}
+
+	// A query: its reply (or /fail) answers the oldest one waiting at that address.
+	prQuery { |action, msg|
 		this.prExpect(msg[0].asSymbol, action);
 		addr.sendMsg(*msg);
 	}
 
-	// Every call waits for one answer (/done, a reply or /fail) in order; a daemon that never
-	// answers (gone, or unsubscribed) leaves at most 1024 waiting per address.
+	// At most 1024 queries wait per address (a daemon that never answers).
 	prExpect { |address, action|
 		var queue = pending[address];
 		if(queue.isNil) { queue = LinkedList.new; pending[address] = queue };
