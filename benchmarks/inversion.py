@@ -7,7 +7,8 @@
 For each bundle, on the whole test split of its dataset (``--notes`` to take fewer): spectral
 convergence, log-spectral distance and the multi-resolution STFT distance of Griffin-Lim (100
 iterations), of each inverter the bundle carries (the harmonic inverter and the MCNN it replaced)
-on the real log-mels, and of the whole model (encoder, decoder, default inverter); the study's
+and of the harmonic inverter with its frequency deviations switched off (``harmonic-fixed-f0``:
+the same weights at a fixed f0) on the real log-mels, and of the whole model (encoder, decoder, default inverter); the study's
 judges (pitch class, octave and style classifiers, trained once per dataset and cached in
 ``runs/judges-DATASET``) on log-mels recomputed from each path's audio and from the recordings;
 milliseconds a note with 1 and 2 threads; the pitch of generated notes. Prints a Markdown table,
@@ -35,6 +36,16 @@ REPO = Path(__file__).resolve().parent.parent
 def dataset_of(model: str) -> Path:
     path = Path(load_bundle(model, "cpu").card["training_data"]["path"])
     return path if path.is_absolute() else REPO / path
+
+
+def fixed_f0(inverter):
+    """The same harmonic inverter with no frequency deviation (an ablation at inference)."""
+    from waeserver.inverters import build_inverter, describe
+
+    meta = describe(inverter)
+    copy = build_inverter("harmonic", {**meta["config"], "max_deviation": 0.0})
+    copy.load_state_dict(inverter.state_dict())
+    return copy.eval()
 
 
 def table(reports: dict[str, dict]) -> str:
@@ -102,7 +113,9 @@ def main() -> None:
     reports = {}
     for model in args.models:
         data = dataset_of(model)
-        reports[model] = bench(model, devices=["cpu"], data=data, repeats=args.repeats, max_notes=args.notes,
+        bundle = load_bundle(model, "cpu")
+        bundle.inverters["harmonic-fixed-f0"] = fixed_f0(bundle.inverters["harmonic"])
+        reports[model] = bench(bundle, data=data, repeats=args.repeats, max_notes=args.notes,
                                judges_dir=REPO / "runs" / f"judges-{data.name}")
         print(format_report(reports[model]))
     result = {"models": reports, "load_average": {"start": [round(v, 2) for v in load_before],

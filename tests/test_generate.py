@@ -105,4 +105,6 @@ def test_quality_figures_compare_every_path_and_the_judges_hear_each(tiny_datase
     # an untrained inverter is far from the recordings; Griffin-Lim of the real mels is not
     assert q["gla"]["sc"] < q["harmonic"]["sc"]
     assert set(q["judges"]) == {"recording", "gla", "harmonic", "mcnn", "model"}
-    assert all(set(v) == {"pitch_class", "octave", "style"} for v in q["judges"].values())
+    assert all(set(v) == {"pitch_class", "octave", "style", "per_style"} for v in q["judges"].values())
+    per_style = q["judges"]["recording"]["per_style"]
+    assert set(per_style) <= {"piano", "flute", "violin"} and all(0 <= v["right"] <= 1 for v in per_style.values())

@@ -146,6 +146,7 @@ def inversion_quality(bundle: Bundle, data_dir: str | Path, max_notes: int | Non
             for attribute, values in predicted.items():
                 heard.setdefault(name, {}).setdefault(attribute, []).append(
                     values == labels[attribute][s:s + len(wave)])
+            heard[name].setdefault("named_as", []).append(predicted["style"])
 
     for s in range(0, len(picks), batch):
         idx = picks[s:s + batch]
@@ -173,8 +174,16 @@ def inversion_quality(bundle: Bundle, data_dir: str | Path, max_notes: int | Non
     for name, parts in scores.items():
         result[name] = {k: round(float(torch.cat(v).mean()), 4) for k, v in parts.items()}
     if judges is not None:
-        result["judges"] = {name: {k: round(float(np.mean(np.concatenate(v))), 4) for k, v in per.items()}
-                            for name, per in heard.items()}
+        truth = labels["style"]
+        result["judges"] = {}
+        for name, per in heard.items():
+            named = np.concatenate(per.pop("named_as"))
+            result["judges"][name] = {k: round(float(np.mean(np.concatenate(v))), 4) for k, v in per.items()}
+            # per style: how often the judges name it right, and what they take it for otherwise
+            result["judges"][name]["per_style"] = {
+                style: {"right": round(float(np.mean(named[truth == k] == k)), 3),
+                        "taken_for": sorted({ds.styles[int(j)] for j in named[truth == k] if j != k})}
+                for k, style in enumerate(ds.styles) if np.any(truth == k)}
     return result
 
 
@@ -234,16 +243,18 @@ def machine() -> dict:
     return info
 
 
-def bench(model: str | Path, devices: list[str] | None = None, data: str | Path | None = None,
+def bench(model: str | Path | Bundle, devices: list[str] | None = None, data: str | Path | None = None,
           repeats: int = 50, quality: bool = True, threads: tuple[int, ...] = (1, 2),
           max_notes: int | None = 48, judges_dir: str | Path | None = None) -> dict:
-    """Every figure of ``waeserver bench`` as a dict (CPU speed once per thread count, in one run)."""
-    devices = devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    """Every figure of ``waeserver bench`` as a dict (CPU speed once per thread count, in one run).
+    ``model`` may be a loaded bundle, measured on its own device."""
+    loaded = model if isinstance(model, Bundle) else None
+    devices = [str(loaded.device)] if loaded else devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     report: dict = {"machine": machine(), "speed": [], "model": None}
     first = None
     before = torch.get_num_threads()
     for name in devices:
-        b = load_bundle(model, name)
+        b = loaded or load_bundle(model, name)
         first = first or b
         report["model"] = b.name
         for count in (threads if b.device.type == "cpu" else (before,)):
@@ -293,7 +304,8 @@ def format_report(report: dict) -> str:
         lines.append(f"quality on {q['notes']} test notes: " + "; ".join(
             f"{k} SC {q[k]['sc']} LSD {q[k]['lsd_db']} dB MR-STFT {q[k]['mrstft']}" for k in paths))
         for path, acc in (q.get("judges") or {}).items():
-            lines.append(f"judges on {path}: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in acc.items()))
+            lines.append(f"judges on {path}: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in acc.items()
+                                                           if k != "per_style"))
     elif q:
         lines.append(f"quality: {q.get('skipped')}")
     p = report.get("pitch")
