@@ -18,11 +18,11 @@ Policies (the C code follows them; docs/live.md explains them):
 - *Stealing*, when ``polyphony`` voices sound: a free slot, else the oldest released voice, else
   the oldest voice of the same pitch, else the oldest voice. The stolen voice fades out over
   5 ms (``FADE_S`` in ``_voices.c``) in one of the extra tail slots while the new note starts at once.
-- *Stale notes*: a note-on whose render is not fresh asks the renderer for it at once. If a
-  priority render is expected within the latency budget (less the period the output takes anyway),
-  the voice waits for it that long at most; else, or when the budget runs out, the most recent
-  render of the pitch plays as a stand-in and is crossfaded (10 ms) to the new render when it
-  arrives.
+- *Stale notes*: a note-on whose layers (those it blends) are not all fresh asks the renderer for
+  them at once. If a priority render is expected within the latency budget (less the period the
+  output takes anyway), the voice waits for it that long at most; else, or when the budget runs
+  out, the most recent renders of the pitch play as a stand-in and are crossfaded (10 ms) to the
+  new ones once every layer it blends has arrived or is fresh.
 - *Loops*: a render with a loop start (:class:`~waeserver.cache.Note`) goes back to it whenever a
   voice reaches its end, so a held note sounds until its envelope ends it.
 - *Velocity layers* (:meth:`VoicePool.set_layers`): each pitch has a render per layer; a note
