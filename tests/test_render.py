@@ -168,7 +168,8 @@ def test_a_flood_of_renders_is_bounded_and_the_audio_plays_on(live):
         else:
             replies.add(msg[1][0])
     osc.send("/wae/noteoff", 64)
-    assert refused > 0 and len(replies) >= 9                      # one in progress and eight waiting
+    # eight wait, and a ninth when the first was already taken up before the queue filled
+    assert refused > 0 and len(replies) >= 8
     assert "flood-0" in replies
     audio = probe.since(mark)[0]
     assert longest_silence(audio) < 0.01 * RATE
