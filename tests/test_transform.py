@@ -91,3 +91,47 @@ def test_unreadable_files_and_bad_arguments_are_refused(bundle_path, recorded, t
         assert message in err and len(err.splitlines()) == 1
     with pytest.raises(TransformError, match="finite mono"):
         prepare_note(np.full(100, np.nan), 1000, 22050)
+
+
+# --- the shipped bundle and the study's judges ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def orchestra(tmp_path_factory):
+    """orchestra12 rendered from FluidR3_GM, as the shipped gm-orchestra was trained, and the
+    study's judges trained on it (about two minutes on one core)."""
+    from waeserver.evaluate import load_or_train_classifiers
+    from waeserver.soundfont import render_dataset
+
+    root = tmp_path_factory.mktemp("orchestra")
+    render_dataset("orchestra12", root / "orchestra12", progress=False, workers=1)
+    ds = NoteDataset(root / "orchestra12")
+    (root / "judges").mkdir()
+    judges, _ = load_or_train_classifiers(ds, root / "judges", torch.device("cpu"), progress=False)
+    return ds, judges
+
+
+def test_a_flute_transformed_into_oboe_is_heard_as_oboe_and_kept_as_flute_it_stays_close(orchestra, tmp_path):
+    from waeserver.evaluate import classify
+    from waeserver.spectral import MelSpectrogram, spectral_convergence, stft_magnitude
+
+    ds, judges = orchestra
+    flutes = [int(i) for i in ds.indices("test") if ds.rows[int(i)]["style"] == "flute"
+              and ds.rows[int(i)]["pitch"] <= 84][:4]
+    assert len(flutes) == 4
+    to_mel = MelSpectrogram(ds.spectral)
+
+    def spectrum(wave):
+        return stft_magnitude(torch.from_numpy(np.asarray(wave, dtype=np.float32))[None], ds.spectral)
+
+    for i in flutes:
+        take = tmp_path / f"take-{i}.wav"
+        sf.write(take, ds.audio(i), ds.sample_rate)
+        for style in ("oboe", "flute"):
+            assert main(["transform", str(take), "--model", "gm-orchestra", "--style", style,
+                         "--velocity", str(ds.rows[i]["velocity"]), "-o", str(tmp_path / f"{style}-{i}.wav")]) == 0
+        oboe, flute = (sf.read(tmp_path / f"{s}-{i}.wav", dtype="float32")[0] for s in ("oboe", "flute"))
+        heard = classify(judges, to_mel(torch.from_numpy(oboe)[None]))["style"][0]
+        assert ds.styles[int(heard)] == "oboe"
+        original = spectrum(ds.audio(i))
+        kept, moved = (float(spectral_convergence(spectrum(w), original)) for w in (flute, oboe))
+        assert kept < 0.6 and kept < moved
