@@ -11,7 +11,6 @@ Shapes: log-mel ``[B, M, F]``, waveform crops ``[B, crop_frames * hop]``.
 
 from __future__ import annotations
 
-import csv
 import logging
 import time
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from waeserver.inverter_training import load_split
 from waeserver.mcnn import midi_to_f0
 from waeserver.modules import WAE
 from waeserver.plain import from_plain
+from waeserver.run_files import clipped_step, open_metrics, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -127,24 +127,15 @@ def finetune_decoder(wae: WAE, inverter: nn.Module, data_dir: str | Path, out_di
     rng = np.random.default_rng(config.seed + step)
 
     def checkpoint() -> None:
-        tmp = ckpt_path.with_suffix(".tmp")
-        torch.save({"decoder": decoder.state_dict(), "optimizer": opt.state_dict(), "step": torch.tensor(step),
-                    "before_sc": torch.tensor(before["sc"]), "before_lsd": torch.tensor(before["lsd_db"])}, tmp)
-        tmp.replace(ckpt_path)
+        save_checkpoint(ckpt_path, {"decoder": decoder.state_dict(), "optimizer": opt.state_dict(),
+                                    "step": torch.tensor(step), "before_sc": torch.tensor(before["sc"]),
+                                    "before_lsd": torch.tensor(before["lsd_db"])})
 
-    metrics_path = out / "metrics.csv"
-    fresh = step == 0 or not metrics_path.is_file()
-    if not fresh:
-        # rows logged after the checkpoint we resume from are about to be logged again
-        rows = metrics_path.read_text().splitlines()
-        kept = [rows[0]] + [r for r in rows[1:] if int(r.split(",")[0]) <= step]
-        metrics_path.write_text("\n".join(kept) + "\n")
     started = time.monotonic()
     n_frames = train_notes["mel"].shape[-1]
-    with open(metrics_path, "w" if fresh else "a", newline="") as fh:
-        writer = csv.writer(fh)
-        if fresh:
-            writer.writerow(["step", "loss", "sc", "mag", "mel", "seconds"])
+    fh, writer = open_metrics(out / "metrics.csv", ["step", "loss", "sc", "mag", "mel", "seconds"],
+                              step or None)
+    with fh:
         bar = tqdm(total=config.steps, initial=step, desc="fine-tune", unit="step", disable=not progress)
         decoder.train()
         while step < config.steps:
@@ -161,10 +152,7 @@ def finetune_decoder(wae: WAE, inverter: nn.Module, data_dir: str | Path, out_di
             spec_loss, parts = loss_fn(wave, real)
             mel_loss = (mel - train_notes["mel"][idx].to(device)).abs().mean()
             loss = spec_loss + config.mel_weight * mel_loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(decoder.parameters(), 1.0)
-            opt.step()
+            clipped_step(opt, loss, decoder.parameters())
             step += 1
             bar.update(1)
             if step % config.log_every == 0:

@@ -11,7 +11,6 @@ Shapes: crops of log-mel ``[B, M, crop_frames]``, wave ``[B, crop_frames * hop]`
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import time
@@ -25,6 +24,7 @@ from torch import nn
 from waeserver.inverters import DEFAULT_KIND, build_inverter, describe, load_inverter, new_inverter, save_inverter
 from waeserver.mcnn import midi_to_f0
 from waeserver.plain import from_plain
+from waeserver.run_files import clipped_step, open_metrics, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -171,23 +171,13 @@ def train_inverter(data_dir: str | Path, out_dir: str | Path, config: InverterTr
         return config.lr_final + 0.5 * (config.lr - config.lr_final) * (1 + math.cos(math.pi * t))
 
     def checkpoint() -> None:
-        tmp = ckpt_path.with_suffix(".tmp")
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "step": torch.tensor(step)}, tmp)
-        tmp.replace(ckpt_path)
+        save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                    "step": torch.tensor(step)})
 
-    metrics_path = out / "metrics.csv"
-    new_file = not metrics_path.is_file() or state is None
-    if not new_file:
-        # rows logged after the checkpoint we resume from are about to be logged again
-        rows = metrics_path.read_text().splitlines()
-        kept = [rows[0]] + [r for r in rows[1:] if int(r.split(",")[0]) <= step]
-        metrics_path.write_text("\n".join(kept) + "\n")
     started = time.monotonic()
-    with open(metrics_path, "w" if new_file else "a", newline="") as fh:
-        writer = csv.writer(fh)
-        if new_file:
-            writer.writerow(["step", "loss", "sc", "mag", "phase", "lr", "seconds"])
+    fh, writer = open_metrics(out / "metrics.csv", ["step", "loss", "sc", "mag", "phase", "lr", "seconds"],
+                              step if state is not None else None)
+    with fh:
         bar = tqdm(total=config.steps, initial=step, desc=f"inverter ({config.kind})", unit="step",
                    disable=not progress)
         model.train()
@@ -200,10 +190,7 @@ def train_inverter(data_dir: str | Path, out_dir: str | Path, config: InverterTr
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
             loss, parts = loss_fn(model(mel.to(device), f0.to(device)), wave.to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            clipped_step(opt, loss, model.parameters())
             step += 1
             bar.update(1)
             if step % config.log_every == 0:
