@@ -29,10 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from live_latency import cpu_name, pick_model  # noqa: E402
 
-from waeserver.bundle import load_bundle  # noqa: E402
-from waeserver.cache import RenderCache  # noqa: E402
-from waeserver.faders import ControlState  # noqa: E402
-from waeserver.renderer import Renderer, layer_velocities, to_rate  # noqa: E402
+from waeserver.dsp.resample import to_rate  # noqa: E402
+from waeserver.live.cache import RenderCache  # noqa: E402
+from waeserver.live.controls import ControlState  # noqa: E402
+from waeserver.live.notes import layer_velocities  # noqa: E402
+from waeserver.live.renderer import Renderer  # noqa: E402
+from waeserver.sound.bundle import load_bundle  # noqa: E402
 
 RATE = 48000
 
@@ -110,7 +112,7 @@ def main() -> None:
                                      5) / b, 2),
         "fft": round(median_ms(lambda: to_rate(waves, bundle.sample_rate, RATE), 5) / b, 2)}
     print(f"resampling to {RATE} Hz, ms a note: {report['resample_ms_per_note']}")
-    from waeserver.pitch import cents_off, estimate_pitch
+    from waeserver.dsp.pitch import cents_off, estimate_pitch
 
     errors = []
     checked = range(bundle.pitch_range[0], bundle.pitch_range[1] + 1, 4)
@@ -121,7 +123,8 @@ def main() -> None:
                 errors.append(abs(cents_off(est.hz, p)))
     report["pitch_cents_abs_median"] = round(float(np.median(errors)), 1) if errors else None
     report["pitch_voiced"] = f"{len(errors)} of {len(checked) * len(layers)}"
-    print(f"cached renders: median pitch error {report['pitch_cents_abs_median']} cents ({report['pitch_voiced']} voiced)")
+    print(f"cached renders: median pitch error {report['pitch_cents_abs_median']} cents "
+          f"({report['pitch_voiced']} voiced)")
     print(json.dumps(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

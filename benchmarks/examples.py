@@ -22,9 +22,9 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from waeserver.bundle import MODELS_DIR, load_bundle
-from waeserver.mcnn import midi_to_f0
-from waeserver.spectral import griffin_lim, mel_to_linear
+from waeserver.dsp.spectral import griffin_lim, mel_to_linear
+from waeserver.sound.bundle import MODELS_DIR, load_bundle
+from waeserver.sound.mcnn import midi_to_f0
 
 
 def sequence(waves: np.ndarray, rate: int, step_s: float) -> np.ndarray:
@@ -83,7 +83,7 @@ def main() -> None:
     if data and not Path(data).is_absolute() and not Path(data).is_dir():
         data = MODELS_DIR.parent / data   # cards give the repository-relative path
     if data and Path(data).is_dir():
-        from waeserver.dataset import NoteDataset
+        from waeserver.data.dataset import NoteDataset
 
         ds = NoteDataset(data)
         for i in ds.indices("test")[::max(1, len(ds.indices("test")) // 4)][:4]:

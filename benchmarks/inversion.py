@@ -8,8 +8,8 @@ For each bundle, on the whole test split of its dataset (``--notes`` to take few
 convergence, log-spectral distance and the multi-resolution STFT distance of Griffin-Lim (100
 iterations), of each inverter the bundle carries (the harmonic inverter and the MCNN it replaced)
 and of the harmonic inverter with its frequency deviations switched off (``harmonic-fixed-f0``:
-the same weights at a fixed f0) on the real log-mels, and of the whole model (encoder, decoder, default inverter); the study's
-judges (pitch class, octave and style classifiers, trained once per dataset and cached in
+the same weights at a fixed f0) on the real log-mels, and of the whole model (encoder, decoder,
+default inverter); the study's judges (pitch class, octave and style classifiers, trained once per dataset and cached in
 ``runs/judges-DATASET``) on log-mels recomputed from each path's audio and from the recordings;
 milliseconds a note with 1 and 2 threads; the pitch of generated notes. Prints a Markdown table,
 writes the JSON and a figure of spectrograms (a recording, Griffin-Lim, the MCNN, the harmonic
@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from waeserver.bench import bench, format_report
-from waeserver.bundle import load_bundle
+from waeserver.sound.bench import bench, format_report
+from waeserver.sound.bundle import load_bundle
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,7 +40,7 @@ def dataset_of(model: str) -> Path:
 
 def fixed_f0(inverter):
     """The same harmonic inverter with no frequency deviation (an ablation at inference)."""
-    from waeserver.inverters import build_inverter, describe
+    from waeserver.sound.inverters import build_inverter, describe
 
     meta = describe(inverter)
     copy = build_inverter("harmonic", {**meta["config"], "max_deviation": 0.0})
@@ -71,9 +71,9 @@ def figure(model: str, path: Path, note: int = 0) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from waeserver.dataset import NoteDataset
-    from waeserver.mcnn import midi_to_f0
-    from waeserver.spectral import griffin_lim, mel_to_linear, stft_magnitude
+    from waeserver.data.dataset import NoteDataset
+    from waeserver.dsp.spectral import griffin_lim, mel_to_linear, stft_magnitude
+    from waeserver.sound.mcnn import midi_to_f0
 
     b = load_bundle(model, "cpu")
     ds = NoteDataset(dataset_of(model))

@@ -36,8 +36,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from waeserver.audio import port_latency  # noqa: E402
-from waeserver.osc import encode  # noqa: E402
+from waeserver.live.jack_client import port_latency  # noqa: E402
+from waeserver.live.osc import encode  # noqa: E402
 
 RATE, PERIOD = 48000, 256
 
@@ -69,7 +69,7 @@ def start_jackd(name: str, realtime: bool = False, rate: int = RATE, period: int
 
 def pick_model(name: str | None) -> tuple[str, str]:
     """The bundle to measure and what it is: gm-orchestra when trained, else a random test bundle."""
-    from waeserver.bundle import MODELS_DIR, make_test_bundle
+    from waeserver.sound.bundle import MODELS_DIR, make_test_bundle
 
     if name:
         return name, name
@@ -87,7 +87,7 @@ def free_port() -> int:
 
 def start_daemon(model: str, server: str, port: int, *extra: str) -> subprocess.Popen:
     """``waeserver serve`` as its own process; returns once it answers OSC."""
-    proc = subprocess.Popen([sys.executable, "-m", "waeserver.server", "--model", model, "--jack-server", server,
+    proc = subprocess.Popen([sys.executable, "-m", "waeserver.live.daemon", "--model", model, "--jack-server", server,
                              "--osc-port", str(port), "--no-jack-connect", "--preset-dir", tempfile.mkdtemp(), *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     osc = Osc(port)
@@ -119,7 +119,7 @@ class Osc:
         while time.monotonic() < deadline:
             try:
                 msg = OscMessage(self.sock.recv(65536))
-            except socket.timeout:
+            except TimeoutError:
                 continue
             if msg.address == address:
                 return msg.params
@@ -226,7 +226,7 @@ def measure(model: str, budget_ms: float, notes: int, seed: int, realtime: bool)
         results = {"cached": [], "changed": []}
         pitches = list(range(48, 73))
         for kind in ("cached", "changed"):
-            for i in range(notes):
+            for _ in range(notes):
                 pitch = int(rng.choice(pitches))
                 if kind == "changed":   # a fader move, then the note at most one period later
                     osc.send("/wae/style", styles[-1], float(rng.uniform(0.1, 1.0)))

@@ -23,10 +23,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from live_latency import (RATE, Osc, Probe, cpu_name, free_port, pick_model, start_daemon,  # noqa: E402
-                          start_jackd, stop_all)
-from waeserver.osc import encode  # noqa: E402
-from waeserver.timing import encode_bundle  # noqa: E402
+from live_latency import RATE, Osc, Probe, cpu_name, free_port, pick_model, start_daemon, start_jackd, stop_all  # noqa: E402
+
+from waeserver.live.osc import encode  # noqa: E402
+from waeserver.live.timing import encode_bundle  # noqa: E402
 
 SPACING = 0.125
 
@@ -73,7 +73,8 @@ def measure(model: str, notes: int, ahead: float, plain: bool, realtime: bool) -
         stop_all(osc, probe, daemon, jackd)
     found = onsets(audio, int(0.02 * RATE))
     out = {"mode": "plain messages on time" if plain else f"bundles tagged, sent {ahead} s ahead",
-           "notes": notes, "onsets": len(found), "xruns": xruns, "late_bundles": status[12] if len(status) > 12 else None}
+           "notes": notes, "onsets": len(found), "xruns": xruns,
+           "late_bundles": status[12] if len(status) > 12 else None}
     if len(found) == notes:
         deviation = (found - found[0]) - (np.array(tags) - tags[0]) * RATE
         out.update({"max_deviation_frames": round(float(np.abs(deviation).max()), 2),

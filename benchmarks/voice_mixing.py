@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from live_latency import cpu_name  # noqa: E402
 
-from waeserver.cache import Note, RenderCache  # noqa: E402
-from waeserver.renderer import shape_note  # noqa: E402
-from waeserver.voices import VoicePool  # noqa: E402
+from waeserver.live.cache import Note, RenderCache  # noqa: E402
+from waeserver.live.notes import shape_note  # noqa: E402
+from waeserver.live.voices import VoicePool  # noqa: E402
 
 RATE, PERIOD, VOICES = 48000, 256, 32
 STYLES, Z = np.ones(2, np.float32), np.zeros(3, np.float32)

@@ -38,7 +38,7 @@ def ask_latent_size(sock: socket.socket, daemon: tuple[str, int], timeout: float
     while time.monotonic() < deadline:
         try:
             data, _ = sock.recvfrom(65536)
-        except socket.timeout:
+        except TimeoutError:
             break
         reply = OscMessage(data)
         if reply.address == "/wae/model/info.reply":

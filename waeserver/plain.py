@@ -30,3 +30,13 @@ def read_yaml(path, what: str, error: type[Exception] = ValueError):
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise error(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+
+
+def read_mapping(path, what: str, error: type[Exception] = ValueError) -> dict:
+    """A YAML file of ``key: value`` settings (empty file: ``{}``); anything else is ``error``."""
+    data = read_yaml(path, what, error)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise error(f"{what} {path} must be a mapping of setting: value")
+    return data

@@ -1,0 +1,20 @@
+"""Arguments more than one command shares."""
+
+from __future__ import annotations
+
+import argparse
+
+DEFAULT_MODEL = "gm-orchestra"
+
+
+def model_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"bundle folder or name under models/ (default {DEFAULT_MODEL})")
+
+
+def style_arg(p: argparse.ArgumentParser, help_text: str) -> None:
+    p.add_argument("--style", default=None, metavar="NAME=W,...", help=help_text)
+
+
+def inverter_arg(p: argparse.ArgumentParser, help_text: str) -> None:
+    p.add_argument("--inverter", default=None, help=help_text)

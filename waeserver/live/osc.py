@@ -1,0 +1,270 @@
+"""OSC: the address table (docs/reference.md), free of any transport.
+
+:class:`Commands` is the address table, free of any transport: each address has a handler, an
+argument count range and whether it changes state (and so answers ``/done address`` to a
+subscribed sender). A handler checks every argument before it changes anything and raises
+:class:`~waeserver.live.controls.ControlError` to refuse; the refusal becomes ``/fail address message``.
+The offline renderer drives the same table from its automation timeline.
+UDP is waeserver.live.osc_server's.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+
+from pythonosc.osc_message_builder import OscMessageBuilder
+
+from waeserver import __version__
+from waeserver.live.controls import ControlError, finite
+from waeserver.live.voices import NotQueued
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+
+
+def osc_int(value, what: str, low: int, high: int) -> int:
+    """An OSC int argument (a whole float is accepted) within ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ControlError(f"{what} must be an int, got {type(value).__name__}")
+    if isinstance(value, float) and (not math.isfinite(value) or value != int(value)):
+        raise ControlError(f"{what} must be a whole number, got {value}")
+    value = int(value)
+    if not low <= value <= high:
+        raise ControlError(f"{what} {value} is out of range {low}..{high}")
+    return value
+
+
+def osc_float(value, what: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ControlError(f"{what} must be a float, got {type(value).__name__}")
+    return finite(value, what, low, high)
+
+
+def osc_str(value, what: str) -> str:
+    if not isinstance(value, str):
+        raise ControlError(f"{what} must be a string, got {type(value).__name__}")
+    return value
+
+
+def encode(address: str, args: list) -> bytes:
+    msg = OscMessageBuilder(address)
+    for a in args:
+        msg.add_arg(a)
+    return msg.build().dgram
+
+
+class Commands:
+    """The OSC address table over an instrument (see ``waeserver.live.instrument.Instrument``).
+
+    ``send(dest, address, args)`` delivers asynchronous replies (model loads, syncs) and events;
+    the server sets it, the offline renderer leaves it quiet. ``subscribers`` maps a sender to
+    the address its notifications and replies go to. Control changes of the instrument are
+    sent to every subscriber as ``/wae/state key values...``.
+    """
+
+    def __init__(self, inst, send: Callable[[Address, str, list], None] | None = None):
+        self.inst = inst
+        self.send = send or (lambda dest, address, args: None)
+        self.subscribers: dict[Address, Address] = {}
+        self.late = 0   # time-tagged bundles that came (or were run) after their time
+        inst.notify = lambda key, values: self.broadcast("/wae/state", [key, *values])
+        # address: (handler, fewest args, most args or None, changes state)
+        self.table: dict[str, tuple[Callable, int, int | None, bool]] = {
+            "/wae/note": (self.note, 1, 3, True),
+            "/wae/noteon": (self.noteon, 2, 2, True),
+            "/wae/noteoff": (self.noteoff, 1, 1, True),
+            "/wae/panic": (self.panic, 0, 0, True),
+            "/wae/style": (self.style, 2, 2, True),
+            "/wae/styles": (self.styles, 1, None, True),
+            "/wae/mix": (self.mix, 2, None, True),
+            "/wae/z": (self.z, 1, None, True),
+            "/wae/z/random": (self.z_random, 0, 1, True),
+            "/wae/z/mode": (self.z_mode, 1, 1, True),
+            "/wae/gain": (self.gain, 1, 1, True),
+            "/wae/release": (self.release, 1, 1, True),
+            "/wae/bend_range": (self.bend_range, 1, 1, True),
+            "/wae/learn": (self.learn, 1, 1, True),
+            "/wae/preset/save": (self.preset_save, 1, 1, True),
+            "/wae/preset/load": (self.preset_load, 1, 1, True),
+            "/wae/preset/list": (self.preset_list, 0, 0, False),
+            "/wae/model/load": (self.model_load, 1, 1, False),
+            "/wae/model/info": (self.model_info, 0, 0, False),
+            "/wae/status": (self.status, 0, 0, False),
+            "/wae/notify": (self.notify, 1, 2, False),
+            "/wae/sync": (self.sync, 1, 1, False),
+            "/wae/version": (self.version, 0, 0, False),
+            "/wae/render": (self.render, 2, 3, False),
+        }
+
+    def report_late(self, seconds: float, address: str) -> None:
+        """A bundle ran ``seconds`` after its time tag: counted, and ``/wae/late`` to subscribers."""
+        self.late += 1
+        self.broadcast("/wae/late", [float(seconds), address])
+
+    def broadcast(self, address: str, args: list) -> None:
+        """Send an event to every subscriber."""
+        for dest in list(self.subscribers.values()):
+            self.send(dest, address, args)
+
+    def reply_to(self, sender: Address | None) -> Address | None:
+        return self.subscribers.get(sender, sender) if sender is not None else None
+
+    def apply(self, address: str, args: list, sender: Address | None = None) -> list[tuple[str, list]]:
+        """Run one message; the replies for the sender. Refusals become ``/fail address message``."""
+        entry = self.table.get(address)
+        try:
+            if entry is None:
+                raise ControlError(f"unknown address {address}")
+            handler, low, high, changes = entry
+            if len(args) < low or (high is not None and len(args) > high):
+                expect = f"{low}" if low == high else f"{low} to {high}" if high is not None else f"at least {low}"
+                raise ControlError(f"expected {expect} arguments, got {len(args)}")
+            replies = handler(list(args), sender) or []
+        except (ControlError, NotQueued) as exc:
+            return [("/fail", [address, str(exc)])]
+        if changes and sender in self.subscribers:
+            replies.append(("/done", [address]))
+        return replies
+
+    # --- notes ---------------------------------------------------------------------------------
+    def _pitch(self, value) -> int:
+        pitch = osc_int(value, "pitch", 0, 127)
+        low, high = self.inst.cache.low, self.inst.cache.high
+        if not low <= pitch <= high:
+            raise ControlError(f"pitch {pitch} is outside the model's range {low}..{high}")
+        return pitch
+
+    def note(self, args, sender):
+        pitch = self._pitch(args[0])
+        velocity = osc_int(args[1], "velocity", 1, 127) if len(args) > 1 else 100
+        hold = -1
+        if len(args) > 2:
+            hold = max(1, int(osc_float(args[2], "duration", 0.001, 3600.0) * self.inst.pool.rate))
+        self.inst.pool.note_on(pitch, self.inst.velocity_gain(velocity), hold, velocity)
+
+    def noteon(self, args, sender):
+        pitch = self._pitch(args[0])
+        velocity = osc_int(args[1], "velocity", 0, 127)
+        if velocity == 0:
+            self.inst.pool.note_off(pitch)
+        else:
+            self.inst.pool.note_on(pitch, self.inst.velocity_gain(velocity), velocity=velocity)
+
+    def noteoff(self, args, sender):
+        self.inst.pool.note_off(self._pitch(args[0]))
+
+    def panic(self, args, sender):
+        self.inst.pool.panic()
+
+    # --- controls ------------------------------------------------------------------------------
+    def style(self, args, sender):
+        self.inst.state.set_style(osc_str(args[0], "style name"), osc_float(args[1], "style value", 0.0, 2.0))
+
+    def styles(self, args, sender):
+        self.inst.state.set_styles([osc_float(v, "style value", 0.0, 2.0) for v in args])
+
+    def mix(self, args, sender):
+        if len(args) % 2:
+            raise ControlError("expected name, weight pairs")
+        weights = {}
+        for name, w in zip(args[0::2], args[1::2]):
+            weights[osc_str(name, "style name")] = osc_float(w, "style value", 0.0, 2.0)
+        self.inst.state.set_mix(weights)
+
+    def z(self, args, sender):
+        self.inst.state.set_z([osc_float(v, "z", -10.0, 10.0) for v in args])
+
+    def z_random(self, args, sender):
+        seed = osc_int(args[0], "seed", 0, 2**31 - 1) if args else None
+        self.inst.state.random_z(seed)
+
+    def z_mode(self, args, sender):
+        self.inst.state.set_z_mode(osc_str(args[0], "z mode"))
+
+    def gain(self, args, sender):
+        self.inst.state.set_gain(osc_float(args[0], "gain", 0.0, 2.0))
+
+    def release(self, args, sender):
+        self.inst.state.set_release(osc_float(args[0], "release", 0.0, 30.0))
+
+    def bend_range(self, args, sender):
+        self.inst.state.set_bend_range(osc_float(args[0], "bend range", 0.0, 48.0))
+
+    def learn(self, args, sender):
+        self.inst.learn(self.inst.state.check_target(osc_str(args[0], "learn target")))
+
+    # --- presets and model ---------------------------------------------------------------------
+    def preset_save(self, args, sender):
+        self.inst.save_preset(osc_str(args[0], "preset name"))
+
+    def preset_load(self, args, sender):
+        self.inst.load_preset(osc_str(args[0], "preset name"))
+
+    def preset_list(self, args, sender):
+        return [("/wae/preset/list.reply", self.inst.presets.list())]
+
+    def model_load(self, args, sender):
+        path = osc_str(args[0], "model path")
+        dest, subscribed = self.reply_to(sender), sender in self.subscribers
+
+        def done(error: str | None) -> None:
+            if dest is None:
+                return
+            if error is not None:
+                self.send(dest, "/fail", ["/wae/model/load", error])
+            elif subscribed:
+                self.send(dest, "/done", ["/wae/model/load"])
+
+        self.inst.load_model(path, done)
+
+    def render(self, args, sender):
+        """``/wae/render name pitch [velocity]``: replied when the file is written (at once offline)."""
+        name = osc_str(args[0], "render name")
+        pitch = self._pitch(args[1])
+        velocity = osc_int(args[2], "velocity", 1, 127) if len(args) > 2 else 100
+        dest, now = self.reply_to(sender), []
+
+        def done(path, frames, rate, error) -> None:
+            reply = ("/fail", ["/wae/render", error]) if error else \
+                ("/wae/render.reply", [name, str(path), frames, rate])
+            if now is not None:
+                now.append(reply)     # written before the handler returned: an ordinary reply
+            elif dest is not None:
+                self.send(dest, *reply)
+
+        self.inst.render_file(name, pitch, velocity, done)
+        replies, now = now, None
+        return replies
+
+    def model_info(self, args, sender):
+        b = self.inst.bundle
+        return [("/wae/model/info.reply", [b.name, b.latent_size, b.sample_rate, *b.styles])]
+
+    def status(self, args, sender):
+        s = self.inst.status()
+        return [("/wae/status.reply", [s["voices"], s["xruns"], s["cpu_load"], s["render_ms_p50"],
+                                       s["render_ms_p99"], s["note_latency_ms"], s["cache_hits"],
+                                       s["cache_misses"], s["device"], s["model"], s["standins"],
+                                       s["callback_ms_max"], self.late])]
+
+    def version(self, args, sender):
+        return [("/wae/version.reply", ["waeserver", __version__])]
+
+    # --- session -------------------------------------------------------------------------------
+    def notify(self, args, sender):
+        on = osc_int(args[0], "notify", 0, 1)
+        port = osc_int(args[1], "port", 1, 65535) if len(args) > 1 else None
+        if sender is None:
+            return None
+        if on:
+            self.subscribers[sender] = (sender[0], port or sender[1])
+            return [("/done", ["/wae/notify"])]
+        self.subscribers.pop(sender, None)
+        return None
+
+    def sync(self, args, sender):
+        token = osc_int(args[0], "sync id", -2**31, 2**31 - 1)
+        self.inst.sync((self.reply_to(sender), token))
