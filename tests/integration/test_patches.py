@@ -28,6 +28,8 @@ import pytest
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 
+from waeserver.live.osc import ADDRESSES
+
 ROOT = Path(__file__).resolve().parents[2]
 SC = ROOT / "patches" / "supercollider"
 QUARK = SC / "Wae"
@@ -37,33 +39,10 @@ MAXPAT = MAXPKG / "extras" / "waeserver.maxpat"
 EXAMPLES = ROOT / "examples"
 STYLES = ["piano", "flute", "violin"]
 
-# The contract's OSC address space: address -> its type tags (i int, f float, s string) as a regex.
-CONTRACT = {
-    "/wae/note": r"i|ii|iif",
-    "/wae/noteon": r"ii",
-    "/wae/noteoff": r"i",
-    "/wae/panic": r"",
-    "/wae/style": r"sf",
-    "/wae/styles": r"f+",
-    "/wae/mix": r"(sf)+",
-    "/wae/z": r"f+",
-    "/wae/z/random": r"i?",
-    "/wae/z/mode": r"s",
-    "/wae/gain": r"f",
-    "/wae/release": r"f",
-    "/wae/bend_range": r"f",
-    "/wae/learn": r"s",
-    "/wae/preset/save": r"s",
-    "/wae/preset/load": r"s",
-    "/wae/preset/list": r"",
-    "/wae/model/load": r"s",
-    "/wae/model/info": r"",
-    "/wae/status": r"",
-    "/wae/notify": r"ii?",
-    "/wae/sync": r"i",
-    "/wae/version": r"",
-    "/wae/render": r"sii?",
-}
+# The OSC address space: address -> its type tags (i int, f float, s string) as a regex.
+CONTRACT = {address: spec.tags for address, spec in ADDRESSES.items()}
+# Addresses the clients need not send: live sampling is the daemon's, the Wae class has no method for it yet.
+CLIENTS_LEAVE_OUT = {"/wae/encode", "/wae/sample/record"}
 
 
 def follows_contract(address: str, tags: str) -> bool:
@@ -278,7 +257,7 @@ fork {{
     assert "STATUS test-bundle 0.1" in out     # named fields
     assert_all_follow_contract(peer)
     sent = {a for a, *_ in peer.received}
-    assert set(CONTRACT) <= sent, f"helpers never sent {set(CONTRACT) - sent}"
+    assert set(CONTRACT) - CLIENTS_LEAVE_OUT <= sent, f"helpers never sent {set(CONTRACT) - CLIENTS_LEAVE_OUT - sent}"
     assert ("iif", [60, 100, 0.5]) in peer.messages("/wae/note")
     # The Pbind: dorian from middle C, dur 0.25 * legato 0.5 at tempo 1 -> 0.125 s, velocity 110,
     # each note in a bundle tagged s.latency (0.2 s) ahead, the tags as far apart as the durations

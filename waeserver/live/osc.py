@@ -1,5 +1,7 @@
-"""OSC: the address table (docs/reference.md), free of any transport.
+"""OSC: the address table, free of any transport.
 
+:data:`ADDRESSES` says what each address takes and answers (type tags, arguments, reply); the OSC
+section of docs/reference.md is generated from it (``python -m waeserver.cli.reference``).
 :class:`Commands` is the address table, free of any transport: each address has a handler, an
 argument count range and whether it changes state (and so answers ``/done address`` to a
 subscribed sender). A handler checks every argument before it changes anything and raises
@@ -13,11 +15,12 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 from waeserver import __version__
-from waeserver.live.controls import ControlError, finite
+from waeserver.live.controls import BEND_MAX, GAIN_MAX, RELEASE_MAX, STYLE_MAX, Z_MODES, ControlError, finite
 from waeserver.live.voices import NotQueued
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,64 @@ def encode(address: str, args: list) -> bytes:
     for a in args:
         msg.add_arg(a)
     return msg.build().dgram
+
+
+@dataclass(frozen=True)
+class OscSpec:
+    """What one address takes and answers, as docs/reference.md lists it (generated from :data:`ADDRESSES`).
+
+    ``tags`` is a regular expression over the type tags it accepts (i int, f float, s string; a whole
+    float passes for an int), ``args`` and ``effect`` say it in words, ``reply`` is what comes back
+    besides ``/done`` and ``/fail`` ("" for nothing).
+    """
+
+    tags: str
+    args: str
+    effect: str
+    reply: str = ""
+
+
+# The address space, one entry per row of Commands.table (tests/live/test_osc.py keeps the two in step).
+ADDRESSES: dict[str, OscSpec] = {
+    "/wae/note": OscSpec(r"i|ii|iif", "i pitch, [i velocity=100], [f duration_s]",
+                         "play a note; with a duration, released after it"),
+    "/wae/noteon": OscSpec(r"ii", "i pitch, i velocity", "start a note (velocity 0 = off)"),
+    "/wae/noteoff": OscSpec(r"i", "i pitch", "release a note"),
+    "/wae/panic": OscSpec(r"", "", "every voice off with a short fade"),
+    "/wae/style": OscSpec(r"sf", "s name, f value",
+                          f"set one style fader, 0 to {STYLE_MAX:g}; above 1 over-drives the style"),
+    "/wae/styles": OscSpec(r"f+", "f ... (one per style, model order)", "set every fader at once"),
+    "/wae/mix": OscSpec(r"(sf)+", "s name, f w, s name, f w, ...", "set the named faders, the others to 0"),
+    "/wae/z": OscSpec(r"f+", "f ... (one per latent dimension)", "set the latent point"),
+    "/wae/z/random": OscSpec(r"i?", "[i seed]", "draw the latent point from the prior"),
+    "/wae/z/mode": OscSpec(r"s", "s " + " or ".join(f"`{m}`" for m in Z_MODES),
+                           "one latent point for all notes, or a fresh draw per note"),
+    "/wae/gain": OscSpec(r"f", "f gain", f"master gain, 0 to {GAIN_MAX:g}"),
+    "/wae/release": OscSpec(r"f", "f seconds", f"release time, 0 to {RELEASE_MAX:g} s"),
+    "/wae/bend_range": OscSpec(r"f", "f semitones", f"pitch-bend range, 0 to {BEND_MAX:g} semitones"),
+    "/wae/learn": OscSpec(r"s", "s target (`style:NAME`, `z:N`, `gain`, `release`, `bend_range`)",
+                          "bind the next MIDI CC moved to that target"),
+    "/wae/preset/save": OscSpec(r"s", "s name", "snapshot every control to `preset_dir/NAME.yaml`"),
+    "/wae/preset/load": OscSpec(r"s", "s name", "recall a preset"),
+    "/wae/preset/list": OscSpec(r"", "", "the saved presets", "`/wae/preset/list.reply` s name ..."),
+    "/wae/model/load": OscSpec(r"s", "s path or name",
+                               "load, warm up and swap a bundle without stopping audio (`/done` when it plays)"),
+    "/wae/model/info": OscSpec(r"", "", "the model's description",
+                               "`/wae/model/info.reply` s name, i latent_size, i sample_rate, s style ..."),
+    "/wae/status": OscSpec(r"", "", "the daemon's figures",
+                           "`/wae/status.reply` i voices, i xruns, f cpu_load, f render_ms_p50, f render_ms_p99, "
+                           "f note_latency_ms, i cache_hits, i cache_misses, s device, s model, i stand_ins, "
+                           "f callback_ms_max, i late_bundles"),
+    "/wae/notify": OscSpec(r"ii?", "i 0 or 1, [i port]",
+                           "subscribe the sender (replies and events to `port`, default its own) or unsubscribe",
+                           "`/done /wae/notify` on subscribing"),
+    "/wae/sync": OscSpec(r"i", "i id", "a marker behind every earlier command",
+                         "`/wae/synced` i id, once every earlier command has taken effect"),
+    "/wae/version": OscSpec(r"", "", "the program and its version", "`/wae/version.reply` s `waeserver`, s version"),
+    "/wae/render": OscSpec(r"sii?", "s name, i pitch, [i velocity=100]",
+                           "render one note with the current controls to `render_dir/NAME.wav`",
+                           "`/wae/render.reply` s name, s absolute path, i frames, i sample_rate"),
+}
 
 
 class Commands:
