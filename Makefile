@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := jackd2 fluidsynth fluid-soundfont-gm timgm6mb-soundfont libsndfile1 \
-	supercollider-language supercollider-server puredata-core python3-venv gcc libc6-dev
+	supercollider-language supercollider-server puredata-core python3-venv gcc libc6-dev chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup system-deps python-deps test serve clean
@@ -14,7 +14,7 @@ setup: system-deps python-deps
 # apt-get only when something is missing, so repeated runs stay fast.
 system-deps:
 	@if ! command -v jackd >/dev/null || ! command -v fluidsynth >/dev/null || ! command -v gcc >/dev/null \
-	   || ! command -v sclang >/dev/null || ! command -v pd >/dev/null \
+	   || ! command -v sclang >/dev/null || ! command -v pd >/dev/null || ! command -v chromium >/dev/null \
 	   || [ ! -f /usr/share/sounds/sf2/TimGM6mb.sf2 ] || [ ! -f /usr/share/sounds/sf2/FluidR3_GM.sf2 ]; then \
 	  echo "installing Debian packages: $(APT_PACKAGES)"; \
 	  $(SUDO) apt-get update -qq && \
