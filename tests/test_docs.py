@@ -4,6 +4,7 @@ its hand-written parts naming what the code has, no pointer outside the reposito
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import re
 from pathlib import Path
 
@@ -61,3 +62,77 @@ def test_nothing_points_outside_the_repository():
     outside = [f"{p.relative_to(ROOT)}:{n}" for p in files for n, line in enumerate(p.read_text().splitlines(), 1)
                if "../shared" in line or "CONTRACT.md" in line]
     assert not outside, f"pointers outside the repository (use docs/reference.md): {outside}"
+
+
+def markdown_files() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "patches").rglob("README.md"))]
+
+
+def prose(text: str) -> str:
+    """Markdown without its fenced code blocks and inline code, where brackets are not links."""
+    text = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    return re.sub(r"`[^`\n]*`", "", text)
+
+
+def anchors(path: Path) -> set[str]:
+    """The #anchors GitHub gives the headings of a markdown file."""
+    seen: dict[str, int] = {}
+    out = set()
+    for heading in re.findall(r"^#+ (.+)$", re.sub(r"^```.*?^```", "", path.read_text(), flags=re.S | re.M), re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        out.add(f"{slug}-{seen[slug]}" if slug in seen else slug)
+        seen[slug] = seen.get(slug, 0) + 1
+    return out
+
+
+def test_every_link_in_the_docs_resolves_inside_the_repository():
+    broken = []
+    for doc in markdown_files():
+        targets = re.findall(r"\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)", prose(doc.read_text()))
+        targets += re.findall(r"^\[[^\]]+\]:\s*(\S+)", prose(doc.read_text()), re.M)
+        for target in targets:
+            if re.match(r"[a-z]+:", target):   # http(s), mailto: out of scope
+                continue
+            file, _, anchor = target.partition("#")
+            path = (doc.parent / file).resolve() if file else doc
+            where = f"{doc.relative_to(ROOT)}: {target}"
+            if not path.is_relative_to(ROOT) or not path.exists():
+                broken.append(f"{where} (no such file in the repository)")
+            elif anchor and path.suffix == ".md" and anchor not in anchors(path):
+                broken.append(f"{where} (no heading #{anchor} in {path.relative_to(ROOT)})")
+    assert not broken, "broken links: " + "; ".join(broken)
+
+
+def test_the_architecture_names_every_module_and_only_modules_that_exist():
+    """docs/ARCHITECTURE.md's per-layer tables against the tree: a ``### `waeserver/LAYER/` `` heading,
+    then rows whose first cell names that folder's modules (without ``.py``; C files with their suffix)."""
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    named, folder = set(), None
+    for line in text[text.index("## Layers"):].splitlines():
+        if line.startswith("## ") and not line.startswith("## Layers"):
+            break
+        if line.startswith("### "):
+            match = re.search(r"`waeserver/([a-z_]*)/?`", line)
+            folder = match[1] if match else None
+        elif folder is not None and (cell := re.match(r"^\| ([^|]+) \|", line)):
+            for name in re.findall(r"`([\w.]+)`", cell[1]):
+                named.add(f"{folder}/{name}".lstrip("/") + ("" if "." in name else ".py"))
+    package = ROOT / "waeserver"
+    modules = {p.relative_to(package).as_posix() for ext in ("*.py", "*.c") for p in package.rglob(ext)
+               if p.name not in ("__init__.py", "__main__.py")}
+    assert not modules - named, (f"add a row `| `NAME` | what it holds |` for {sorted(modules - named)} to the "
+                                 "table of its layer in docs/ARCHITECTURE.md")
+    assert not named - modules, f"docs/ARCHITECTURE.md names modules that do not exist: {sorted(named - modules)}"
+
+
+def test_every_benchmark_result_is_cited():
+    """benchmarks/results/ keeps only what the docs, the benchmark scripts or the bundles' cards cite,
+    by name or by a glob (``gm-*-cpu-2threads.json``)."""
+    sources = [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "benchmarks").glob("*.py"),
+               *(ROOT / "models").glob("*/card.yaml")]
+    cited = {token for p in sources for token in re.findall(r"[\w*.{},-]+\.(?:json|csv|txt|png)", p.read_text())
+             if len(token.split("*")[0]) >= 3}
+    results = sorted(p.name for p in (ROOT / "benchmarks" / "results").iterdir())
+    uncited = [name for name in results if not any(fnmatch.fnmatch(name, token) for token in cited)]
+    assert results and not uncited, (f"benchmarks/results/ holds files no doc cites: {uncited}; cite each in the "
+                                     "docs where its figures are (docs/measurements.md for the daemon's) or git rm it")
