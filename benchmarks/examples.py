@@ -22,9 +22,9 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from waeserver.dsp.pitch import midi_to_f0
 from waeserver.dsp.spectral import griffin_lim, mel_to_linear
 from waeserver.sound.bundle import MODELS_DIR, load_bundle
-from waeserver.sound.mcnn import midi_to_f0
 
 
 def sequence(waves: np.ndarray, rate: int, step_s: float) -> np.ndarray:

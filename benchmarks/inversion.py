@@ -72,8 +72,8 @@ def figure(model: str, path: Path, note: int = 0) -> None:
     import matplotlib.pyplot as plt
 
     from waeserver.data.dataset import NoteDataset
+    from waeserver.dsp.pitch import midi_to_f0
     from waeserver.dsp.spectral import griffin_lim, mel_to_linear, stft_magnitude
-    from waeserver.sound.mcnn import midi_to_f0
 
     b = load_bundle(model, "cpu")
     ds = NoteDataset(dataset_of(model))

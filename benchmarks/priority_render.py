@@ -24,11 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from live_latency import cpu_name  # noqa: E402
 
+from waeserver.dsp.pitch import midi_to_f0  # noqa: E402
 from waeserver.dsp.resample import to_rate  # noqa: E402
 from waeserver.live.notes import layer_velocities, shape_layers, synthesize_notes  # noqa: E402
 from waeserver.live.render_worker import RenderWorker  # noqa: E402
 from waeserver.sound.bundle import load_bundle  # noqa: E402
-from waeserver.sound.mcnn import midi_to_f0  # noqa: E402
 
 RATE = 48000
 

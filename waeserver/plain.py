@@ -17,7 +17,8 @@ def read_yaml(path, what: str, error: type[Exception] = ValueError):
     """The YAML document at ``path`` (``yaml.safe_load``), or one clear line naming ``what`` it is.
 
     An unreadable file raises ``error`` (OSError keeps its type when ``error`` is ValueError,
-    so callers can tell a missing file from a bad one); bad YAML raises ``error``.
+    so callers can tell a missing file from a bad one); a file that is not UTF-8 text or not
+    valid YAML raises ``error``.
     """
     import yaml
 
@@ -26,6 +27,8 @@ def read_yaml(path, what: str, error: type[Exception] = ValueError):
     except OSError as exc:
         cls = OSError if error is ValueError else error
         raise cls(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise error(f"cannot read {what} {path}: not UTF-8 text") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from waeserver.dsp.pitch import cents_off, estimate_pitch
+from waeserver.dsp.pitch import cents_off, estimate_pitch, midi_to_f0
 from waeserver.sound.harmonic import HarmonicConfig, HarmonicInverter
 from waeserver.sound.inverter_training import train_inverter
 from waeserver.sound.inverters import load_inverter, save_inverter
-from waeserver.sound.mcnn import midi_to_f0
 
 SR = 22050
 

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from waeserver.data.dataset import NoteDataset
+from waeserver.dsp.pitch import midi_to_f0
 from waeserver.dsp.spectral import MelSpectrogram, griffin_lim, mel_filterbank, mel_to_linear, spectral_convergence
 from waeserver.dsp.stft_loss import MultiResolutionSTFTLoss
 from waeserver.sound.inverter_training import InverterTrainConfig, random_crops, train_inverter
 from waeserver.sound.inverters import load_inverter, new_inverter
-from waeserver.sound.mcnn import MCNN, MCNNConfig, Upsample2, midi_to_f0
+from waeserver.sound.mcnn import MCNN, MCNNConfig, Upsample2
 
 
 @pytest.fixture(scope="module")

@@ -22,29 +22,24 @@ import numpy as np
 import soundfile as sf
 import yaml
 
+from waeserver.dsp.pitch import octave_of, pitch_class
 from waeserver.dsp.spectral import MelSpectrogram, SpectralConfig
+from waeserver.plain import read_mapping, read_yaml
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ["file", "pitch", "pitch_class", "octave", "style", "velocity", "dynamics",
            "source", "program", "pitch_estimated", "split"]
 SPLITS = ("train", "valid", "test")
-N_PITCH_CLASSES = 12
-N_OCTAVES = 9
 
 
 class DatasetError(ValueError):
     """A dataset folder that cannot be used, with the reason."""
 
 
-def octave_of(pitch: int) -> int:
-    """Octave class 0..8 (MIDI 12..23 is octave 0, C4 = 60 is octave 4); outside notes are clipped."""
-    return int(min(max(pitch // 12 - 1, 0), N_OCTAVES - 1))
-
-
 def note_row(file: str, pitch: int, style: str, velocity: int, dynamics: str, source: str,
              program: int | str = "", pitch_estimated: bool = False) -> dict:
-    return {"file": file, "pitch": int(pitch), "pitch_class": int(pitch) % 12,
+    return {"file": file, "pitch": int(pitch), "pitch_class": pitch_class(int(pitch)),
             "octave": octave_of(int(pitch)), "style": style, "velocity": int(velocity),
             "dynamics": dynamics, "source": source, "program": program,
             "pitch_estimated": int(bool(pitch_estimated)), "split": ""}
@@ -95,12 +90,12 @@ class NoteDataset:
         if not meta_path.is_file():
             raise DatasetError(f"{self.root} is not a dataset: no dataset.yaml")
         try:
-            self.meta = yaml.safe_load(meta_path.read_text()) or {}
+            self.meta = read_mapping(meta_path, "dataset description", DatasetError)
             self.spectral = SpectralConfig.from_dict(self.meta["spectral"])
             self.styles: list[str] = list(self.meta["styles"])
             with open(self.root / "manifest.csv", newline="") as fh:
                 self.rows = [self._parse(r) for r in csv.DictReader(fh)]
-        except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError) as exc:
+        except (OSError, KeyError, TypeError, ValueError) as exc:
             raise DatasetError(f"{self.root}: unreadable dataset ({exc})") from exc
         unknown = {r["style"] for r in self.rows} - set(self.styles)
         if unknown:
@@ -139,10 +134,11 @@ class NoteDataset:
         stamp = {"spectral": self.spectral.to_dict(), "manifest_sha1": self._digest()}
         if cache.is_file() and stamp_path.is_file():
             try:
-                if yaml.safe_load(stamp_path.read_text()) == stamp:
-                    return np.load(cache, mmap_mode="r")
-            except yaml.YAMLError:
-                pass
+                stamped = read_yaml(stamp_path, "feature stamp")
+            except ValueError:   # damaged: the features are made again
+                stamped = None
+            if stamped == stamp:
+                return np.load(cache, mmap_mode="r")
         import torch
         from tqdm import tqdm
 

@@ -32,12 +32,12 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 import soundfile as sf
-import yaml
 
 from waeserver.data import dataset
-from waeserver.dsp.pitch import estimate_pitch, pitch_from_name
 from waeserver.data.recipes import dynamic_name
+from waeserver.dsp.pitch import estimate_pitch, pitch_from_name
 from waeserver.dsp.spectral import SpectralConfig
+from waeserver.plain import read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +96,12 @@ def _clean_tags(tags, where: str) -> dict:
 def read_tag_file(path: Path) -> list[tuple[str, dict]]:
     """Rules ``(pattern, tags)`` in file order."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TagFileError(f"cannot read tag file {path}: {exc}") from exc
     rules: list[tuple[str, dict]] = []
     if path.suffix.lower() == ".csv":
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TagFileError(f"cannot read tag file {path}: {exc}") from exc
         reader = csv.DictReader(text.splitlines())
         fields = set(reader.fieldnames or [])
         key = "pattern" if "pattern" in fields else "file" if "file" in fields else None
@@ -113,10 +113,7 @@ def read_tag_file(path: Path) -> list[tuple[str, dict]]:
             rules.append((row[key].strip(), _clean_tags({k: v for k, v in row.items() if k != key},
                                                          f"{path}:{n}")))
         return rules
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise TagFileError(f"{path}: not valid YAML ({exc})") from exc
+    data = read_yaml(path, "tag file", TagFileError)
     entries = data.get("files") if isinstance(data, dict) and "files" in data else data
     if isinstance(entries, dict):
         for pattern, tags in entries.items():

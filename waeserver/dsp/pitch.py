@@ -1,7 +1,8 @@
-"""Fundamental-frequency estimation (YIN), independent of every model in the project.
+"""Pitch: the facts every layer shares (note names, MIDI to Hz and back, pitch class and octave
+classes) and fundamental-frequency estimation (YIN), independent of every model in the project.
 
-Used to label imported samples that carry no pitch, and to check that generated notes sound
-at the pitch they were asked for.
+YIN labels imported samples that carry no pitch, and checks that generated notes sound at the
+pitch they were asked for.
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+A4_HZ = 440.0           # concert pitch
+A4_MIDI = 69
+N_PITCH_CLASSES = 12
+N_OCTAVES = 9           # octave classes 0..8: MIDI 12..23 is 0, C4 = 60 is 4 (the ends clipped)
 NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 _STEPS = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
 # A note name standing on its own in a file name: "C#4", "Eb2", "a4", "Fs3". Not preceded by a
@@ -19,16 +24,40 @@ _STEPS = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
 _NOTE_IN_NAME = re.compile(r"(?<![A-Za-z])([A-Ga-g])(#|b|s)?(-1|[0-9])(?![0-9])")
 
 
-def midi_to_hz(pitch: float) -> float:
-    return 440.0 * 2.0 ** ((pitch - 69) / 12)
+def midi_to_hz(pitch):
+    """MIDI pitch (fractional allowed) to Hz: a number, or an array or float tensor elementwise."""
+    return A4_HZ * 2.0 ** ((pitch - A4_MIDI) / N_PITCH_CLASSES)
+
+
+def midi_to_f0(pitch):
+    """MIDI pitch tensor ``[B]`` (any dtype) to fundamental frequencies ``[B]`` float32 Hz."""
+    return midi_to_hz(pitch.float())
 
 
 def hz_to_midi(hz: float) -> float:
-    return 69 + 12 * math.log2(hz / 440.0)
+    return A4_MIDI + N_PITCH_CLASSES * math.log2(hz / A4_HZ)
+
+
+def octaves_from_a4(f0):
+    """``log2(f0 / 440)`` of a tensor of frequencies in Hz: 0 at A4, 1 per octave."""
+    return (f0 / A4_HZ).log2()
+
+
+def pitch_class(pitch):
+    """Pitch class 0..11 (C is 0) of a MIDI pitch: an int, or an int array or tensor elementwise."""
+    return pitch % N_PITCH_CLASSES
+
+
+def octave_of(pitch):
+    """Octave class 0..8 (MIDI 12..23 is 0, C4 = 60 is 4), the ends clipped: an int, or an int
+    array or tensor elementwise."""
+    octave = pitch // N_PITCH_CLASSES - 1
+    return min(max(octave, 0), N_OCTAVES - 1) if isinstance(octave, int) else octave.clip(0, N_OCTAVES - 1)
 
 
 def note_name(pitch: int) -> str:
-    return f"{NOTE_NAMES[pitch % 12]}{pitch // 12 - 1}"
+    """``C4`` for 60: what :func:`pitch_from_name` reads back."""
+    return f"{NOTE_NAMES[pitch_class(pitch)]}{pitch // N_PITCH_CLASSES - 1}"
 
 
 def pitch_from_name(name: str) -> int | None:
@@ -36,7 +65,7 @@ def pitch_from_name(name: str) -> int | None:
     found = None
     for match in _NOTE_IN_NAME.finditer(name):
         letter, accidental, octave = match.groups()
-        pitch = (int(octave) + 1) * 12 + _STEPS[letter.upper()]
+        pitch = (int(octave) + 1) * N_PITCH_CLASSES + _STEPS[letter.upper()]
         pitch += {"#": 1, "s": 1, "b": -1}.get(accidental or "", 0)
         if 0 <= pitch <= 127:
             found = pitch

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from waeserver.plain import read_yaml
+
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -65,10 +67,7 @@ class PresetStore:
         path = self.path(name)
         if not path.is_file():
             raise PresetError(f"no preset named {name!r} in {self.folder}")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise PresetError(f"preset {name!r} is unreadable: {str(exc).splitlines()[0]}") from None
+        data = read_yaml(path, "preset", PresetError)
         if not isinstance(data, dict):
             raise PresetError(f"preset {name!r} is not a mapping")
         return data

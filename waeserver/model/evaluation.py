@@ -39,10 +39,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from waeserver.data.dataset import N_OCTAVES, N_PITCH_CLASSES, NoteDataset
+from waeserver.data.dataset import NoteDataset
+from waeserver.dsp.pitch import N_OCTAVES, N_PITCH_CLASSES, octave_of, pitch_class
 from waeserver.dsp.spectral import log_mel_distance, spectral_convergence
-from waeserver.model.training import load_wae, resolve_device
-from waeserver.model.wae import WAE, octaves
+from waeserver.model.devices import pick_device
+from waeserver.model.training import load_wae
+from waeserver.model.wae import WAE, style_onehot
+from waeserver.plain import read_mapping
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +145,7 @@ def load_or_train_classifiers(ds: NoteDataset, report: Path, device: torch.devic
     weights, card = report / "classifiers.safetensors", report / "classifiers.yaml"
     digest = _dataset_digest(ds)
     if weights.is_file() and card.is_file():
-        meta = yaml.safe_load(card.read_text()) or {}
+        meta = read_mapping(card, "classifier cache")
         if meta.get("manifest_sha1") == digest:
             clf = AttributeClassifier(ds.spectral.n_mels, len(ds.styles), meta["offset"], meta["scale"])
             clf.load_state_dict(load_file(str(weights)))
@@ -156,16 +159,12 @@ def load_or_train_classifiers(ds: NoteDataset, report: Path, device: torch.devic
     return clf, accuracy
 
 
-def _style_onehot(style: torch.Tensor, n: int) -> torch.Tensor:
-    return nn.functional.one_hot(style, n).float()
-
-
 @torch.no_grad()
 def encode_decode(wae: WAE, mel: torch.Tensor, labels: dict[str, np.ndarray],
                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(reconstructions ``[N,M,F]``, z ``[N,D]``) of real notes, decoded with their own labels."""
     pitch = torch.from_numpy(labels["pitch"]).to(device)
-    style = _style_onehot(torch.from_numpy(labels["style"]).to(device), wae.cfg.n_styles)
+    style = style_onehot(torch.from_numpy(labels["style"]).to(device), wae.cfg.n_styles)
     vel = torch.from_numpy(labels["velocity"]).float().div(127).to(device)
     out = _batched(lambda m, p, s, v: wae(m, p, s, v), mel, pitch, style, vel)
     return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
@@ -195,10 +194,11 @@ def generation_metrics(wae: WAE, clf: AttributeClassifier, ds: NoteDataset, devi
             vel = torch.tensor([40, 80, 120], dtype=torch.float32)[torch.randint(0, 3, (per_style,), generator=gen)]
             z = torch.randn(per_style, wae.cfg.latent, generator=gen)
             style = torch.full((per_style,), s, dtype=torch.int64)
-            mel = wae.decoder(z.to(device), pitch.to(device), _style_onehot(style, wae.cfg.n_styles).to(device),
+            mel = wae.decoder(z.to(device), pitch.to(device), style_onehot(style, wae.cfg.n_styles).to(device),
                               (vel / 127).to(device))
             pred = classify(clf, mel)
-            truth = {"pitch_class": (pitch % 12).numpy(), "octave": octaves(pitch).numpy(), "style": style.numpy()}
+            truth = {"pitch_class": pitch_class(pitch).numpy(), "octave": octave_of(pitch).numpy(),
+                     "style": style.numpy()}
             for k in ATTRIBUTES:
                 correct[k].append(pred[k] == truth[k])
             per_style_acc[ds.styles[s]] = round(float(np.mean(pred["style"] == s)), 4)
@@ -223,7 +223,7 @@ def transfer_metrics(wae: WAE, clf: AttributeClassifier, z: torch.Tensor, labels
     pitch = torch.from_numpy(labels["pitch"])
     vel = torch.from_numpy(labels["velocity"]).float().div(127)
     mel = torch.cat(_batched(lambda zz, p, s, v: wae.decoder(zz, p, s, v), z, pitch.to(device),
-                             _style_onehot(target, wae.cfg.n_styles).to(device), vel.to(device)))
+                             style_onehot(target, wae.cfg.n_styles).to(device), vel.to(device)))
     pred = classify(clf, mel)
     return {"style": round(float(np.mean(pred["style"] == target.numpy())), 4),
             "source_style": round(float(np.mean(pred["style"] == source.numpy())), 4),
@@ -343,7 +343,7 @@ def evaluate(runs: list[str | Path], data_dir: str | Path, out_dir: str | Path, 
     ``classifier_epochs`` unless REPORT already caches them for this dataset.
     """
     ds = NoteDataset(data_dir)
-    dev = resolve_device(device)
+    dev = pick_device(device)
     models = []
     for run in runs:
         wae, meta = load(run, dev)

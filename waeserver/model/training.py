@@ -16,7 +16,6 @@ share of every epoch through PyTorch's DistributedDataParallel (gloo on CPU, NCC
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import time
@@ -26,15 +25,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from waeserver.data.dataset import NoteDataset
+from waeserver.model.devices import pick_device
 from waeserver.model.losses import alpha_schedule, discriminator_loss, fader_loss, rbf_mmd, reconstruction_loss
-from waeserver.model.wae import VARIANTS, WAE, ModelConfig
+from waeserver.model.training_run import CHECKPOINT, Metrics, RunFolder, cosine_lr, progress_bar, save_weights, set_lr
+from waeserver.model.wae import VARIANTS, WAE, ModelConfig, style_onehot
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ DEFAULTS: dict = {
     "latent": 3,
     "seed": 0,
     "lr": 1e-3,
-    "lr_final": 1e-4,            # cosine decay of both learning rates to this
+    "lr_final": 1e-4,            # cosine decay of the auto-encoder's learning rate to this
     "disc_lr": 2e-3,
     "disc_steps": 5,             # discriminator updates per batch, so it keeps up with the encoder
     "mmd_weight": 10.0,
@@ -77,20 +77,6 @@ def merge_config(overrides: dict | None) -> dict:
     return config
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` takes CUDA when present (under torchrun the process's own GPU)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise TrainError(f"device {name} asked for, but CUDA is not available")
-        if name == "cuda":
-            name = f"cuda:{local_rank}"
-    elif name != "cpu":
-        raise TrainError(f"unknown device {name!r}: auto, cpu, cuda or cuda:N")
-    return torch.device(name)
-
-
 @dataclass
 class Dist:
     """Where this process stands in a torchrun job (rank 0 of 1 without torchrun)."""
@@ -111,13 +97,6 @@ class Dist:
     @property
     def main(self) -> bool:
         return self.rank == 0
-
-
-def save_weights(model: WAE, path: Path) -> None:
-    """All weights and buffers of ``model`` as safetensors (written to a temporary file, then renamed)."""
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    tmp.replace(path)
 
 
 def load_wae(path: str | Path, device: str | torch.device = "cpu") -> tuple[WAE, dict]:
@@ -144,10 +123,6 @@ def load_wae(path: str | Path, device: str | torch.device = "cpu") -> tuple[WAE,
     return model.to(device).eval(), meta
 
 
-def _style_onehot(style: torch.Tensor, n_styles: int) -> torch.Tensor:
-    return nn.functional.one_hot(style, n_styles).float()
-
-
 class _AutoEncoder(nn.Module):
     """Encoder and decoder in one forward, so DDP sees every auto-encoder parameter used."""
 
@@ -158,10 +133,6 @@ class _AutoEncoder(nn.Module):
     def forward(self, mel, pitch, style, velocity):
         z = self.encoder(mel)
         return self.decoder(z, pitch, style, velocity), z
-
-
-def _lr_at(progress: float, lr: float, lr_final: float) -> float:
-    return float(lr_final + 0.5 * (lr - lr_final) * (1 + np.cos(np.pi * min(progress, 1.0))))
 
 
 def train(data_dir: str | Path, variant: str, out_dir: str | Path, config: dict | None = None,
@@ -175,7 +146,7 @@ def train(data_dir: str | Path, variant: str, out_dir: str | Path, config: dict 
         raise TrainError(f"unknown variant {variant!r}; one of {', '.join(VARIANTS)}")
     config = merge_config(config)
     out = Path(out_dir)
-    ckpt_path = out / "checkpoint.pt"
+    ckpt_path = out / CHECKPOINT
     if resume and not ckpt_path.is_file():
         raise TrainError(f"--resume: {ckpt_path} does not exist")
     if not resume and (ckpt_path.exists() or (out / "model.safetensors").exists()):
@@ -190,7 +161,7 @@ def train(data_dir: str | Path, variant: str, out_dir: str | Path, config: dict 
         backend = "nccl" if device != "cpu" and torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
     torch.set_num_threads(int(config["threads"]))
-    dev = resolve_device(device, rank.local_rank)
+    dev = pick_device(device, rank.local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     try:
@@ -200,139 +171,141 @@ def train(data_dir: str | Path, variant: str, out_dir: str | Path, config: dict 
             dist.destroy_process_group()
 
 
+def _model_config(ds: NoteDataset, train_feats: np.ndarray, variant: str, config: dict) -> ModelConfig:
+    return ModelConfig(**{"n_mels": ds.spectral.n_mels, "n_frames": ds.spectral.n_frames,
+                          "latent": int(config["latent"]), "n_styles": len(ds.styles), "variant": variant,
+                          # a fixed affine from the training set, so the model sees values near N(0, 1)
+                          "mel_offset": round(float(train_feats.mean()), 4),
+                          "mel_scale": round(float(train_feats.std()), 4), **dict(config["model"])})
+
+
+def _tensors(ds: NoteDataset, feats: np.ndarray, idx: np.ndarray, dev: torch.device) -> tuple:
+    """Notes ``idx`` as (mel ``[N, M, F]``, pitch ``[N]``, style index ``[N]``, velocity 0..1 ``[N]``)."""
+    lab = ds.labels(idx)
+    return (torch.from_numpy(np.ascontiguousarray(feats[idx])).to(dev),
+            torch.from_numpy(lab["pitch"]).to(dev), torch.from_numpy(lab["style"]).to(dev),
+            torch.from_numpy(lab["velocity"]).float().div(127).to(dev))
+
+
+class _Fit:
+    """One auto-encoder run's networks (DDP-wrapped under torchrun) and optimisers, and an epoch of
+    training them on this process's share of the training notes (tensors as :func:`_tensors` gives)."""
+
+    def __init__(self, wae: WAE, config: dict, rank: Dist, dev: torch.device, train_t: tuple, valid_t: tuple):
+        self.wae, self.config, self.rank, self.dev = wae, config, rank, dev
+        self.train_t, self.valid_t = train_t, valid_t
+        self.ae: nn.Module = _AutoEncoder(wae)
+        self.disc = wae.discriminator
+        if rank.active:
+            ids = [dev.index] if dev.type == "cuda" else None
+            self.ae = DistributedDataParallel(self.ae, device_ids=ids)
+            if self.disc is not None:
+                self.disc = DistributedDataParallel(self.disc, device_ids=ids)
+        self.ae_opt = torch.optim.Adam(list(wae.encoder.parameters()) + list(wae.decoder.parameters()),
+                                       lr=config["lr"], betas=(0.5, 0.999))
+        self.disc_opt = (torch.optim.Adam(wae.discriminator.parameters(), lr=config["disc_lr"], betas=(0.5, 0.999))
+                         if wae.discriminator is not None else None)
+        self.bs = int(config["batch_size"])
+        self.n_per_rank = len(train_t[0]) // rank.world
+        self.batches = max(1, self.n_per_rank // self.bs)  # drop the last short batch: batch-norm and MMD want pairs
+        gen = torch.Generator().manual_seed(int(config["seed"]) + 1)
+        self.valid_prior = torch.randn(len(valid_t[0]), wae.cfg.latent, generator=gen).to(dev)
+
+    def state(self) -> dict:
+        """What a checkpoint holds of the networks, optimisers and torch's random state."""
+        return {"weights": self.wae.state_dict(), "ae_opt": self.ae_opt.state_dict(),
+                "disc_opt": self.disc_opt.state_dict() if self.disc_opt is not None else {},
+                "rng": torch.get_rng_state()}
+
+    def load(self, ckpt: dict) -> None:
+        self.wae.load_state_dict(ckpt["weights"])
+        self.ae_opt.load_state_dict(ckpt["ae_opt"])
+        if self.disc_opt is not None:
+            self.disc_opt.load_state_dict(ckpt["disc_opt"])
+        torch.set_rng_state(ckpt["rng"].cpu())   # loaded onto the training device with the rest
+
+    def epoch(self, epoch: int) -> dict:
+        """Epoch ``epoch`` (from 0): the mean losses of its batches, the alpha and lr of its last step."""
+        config, rank = self.config, self.rank
+        total_steps = int(config["epochs"]) * self.batches
+        order = np.random.default_rng(int(config["seed"]) * 1000 + epoch).permutation(len(self.train_t[0]))
+        mine = order[rank.rank * self.n_per_rank:(rank.rank + 1) * self.n_per_rank]
+        sums = {k: 0.0 for k in ("recon", "mmd", "disc", "disc_acc", "fader")}
+        self.wae.train()
+        for b in range(self.batches):
+            prog = (epoch * self.batches + b) / total_steps
+            alpha = alpha_schedule(prog, config["pre_classification"], config["max_alpha"],
+                                   config["ramp_end"]) if self.disc is not None else 0.0
+            lr = cosine_lr(prog, config["lr"], config["lr_final"])
+            set_lr(self.ae_opt, lr)
+            sel = torch.from_numpy(mine[b * self.bs:(b + 1) * self.bs]).to(self.dev)
+            for k, v in self._batch(*(t[sel] for t in self.train_t), alpha).items():
+                sums[k] += v
+        return {**{k: v / self.batches for k, v in sums.items()}, "alpha": alpha, "lr": lr}
+
+    def _batch(self, mel, pitch, style, vel, alpha: float) -> dict:
+        """One batch: ``disc_steps`` discriminator updates on the detached z, then one auto-encoder update."""
+        cfg, config, losses = self.wae.cfg, self.config, {}
+        recon, z = self.ae(mel, pitch, style_onehot(style, cfg.n_styles), vel)
+        if self.disc is not None:
+            for _ in range(int(config["disc_steps"])):
+                logits = self.disc(z.detach())
+                d_loss = discriminator_loss(logits, style)
+                self.disc_opt.zero_grad(set_to_none=True)
+                d_loss.backward()
+                self.disc_opt.step()
+            losses.update(disc=d_loss.item(), disc_acc=(logits.argmax(1) == style).float().mean().item())
+        r_loss = reconstruction_loss(recon, mel, cfg.mel_scale)
+        m_loss = rbf_mmd(z, torch.randn_like(z))
+        loss = r_loss + config["mmd_weight"] * m_loss
+        if self.disc is not None:
+            f_loss = fader_loss(self.disc(z))
+            loss = loss + alpha * f_loss
+            losses["fader"] = f_loss.item()
+        self.ae_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.ae_opt.step()
+        return {**losses, "recon": r_loss.item(), "mmd": m_loss.item()}
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Validation losses, computed by rank 0 and shared, so every process takes the same stop decision."""
+        wae, result = self.wae, torch.zeros(2, device=self.dev)
+        if self.rank.main:
+            wae.eval()
+            mel, pitch, style, vel = self.valid_t
+            recon, z = wae(mel, pitch, style_onehot(style, wae.cfg.n_styles), vel)
+            result[0] = reconstruction_loss(recon, mel, wae.cfg.mel_scale)
+            result[1] = rbf_mmd(z, self.valid_prior)
+            wae.train()
+        if self.rank.active:
+            dist.broadcast(result, 0)
+        recon_l, mmd_l = result.tolist()
+        return {"valid_recon": recon_l, "valid_mmd": mmd_l, "valid_loss": recon_l + self.config["mmd_weight"] * mmd_l}
+
+
 def _train(ds: NoteDataset, variant: str, out: Path, config: dict, dev: torch.device, rank: Dist,
            resume: bool, progress: bool, train_idx: np.ndarray, valid_idx: np.ndarray) -> dict:
     feats = np.asarray(ds.features())
-    train_np = feats[train_idx]
-    model_over = dict(config["model"])
-    cfg = ModelConfig(**{"n_mels": ds.spectral.n_mels, "n_frames": ds.spectral.n_frames,
-                         "latent": int(config["latent"]), "n_styles": len(ds.styles), "variant": variant,
-                         # a fixed affine from the training set, so the model sees values near N(0, 1)
-                         "mel_offset": round(float(train_np.mean()), 4),
-                         "mel_scale": round(float(train_np.std()), 4), **model_over})
+    cfg = _model_config(ds, feats[train_idx], variant, config)
     torch.manual_seed(int(config["seed"]))
     wae = WAE(cfg).to(dev)
-
-    def tensors(idx):
-        lab = ds.labels(idx)
-        return (torch.from_numpy(np.ascontiguousarray(feats[idx])).to(dev),
-                torch.from_numpy(lab["pitch"]).to(dev), torch.from_numpy(lab["style"]).to(dev),
-                torch.from_numpy(lab["velocity"]).float().div(127).to(dev))
-
-    train_t, valid_t = tensors(train_idx), tensors(valid_idx)
-    ae: nn.Module = _AutoEncoder(wae)
-    disc = wae.discriminator
-    if rank.active:
-        ids = [dev.index] if dev.type == "cuda" else None
-        ae = DistributedDataParallel(ae, device_ids=ids)
-        if disc is not None:
-            disc = DistributedDataParallel(disc, device_ids=ids)
-    ae_opt = torch.optim.Adam(list(wae.encoder.parameters()) + list(wae.decoder.parameters()),
-                              lr=config["lr"], betas=(0.5, 0.999))
-    disc_opt = (torch.optim.Adam(wae.discriminator.parameters(), lr=config["disc_lr"], betas=(0.5, 0.999))
-                if wae.discriminator is not None else None)
-
-    epochs, bs = int(config["epochs"]), int(config["batch_size"])
-    n_per_rank = len(train_idx) // rank.world
-    batches = max(1, n_per_rank // bs)  # drop the last short batch: batch-norm and MMD want pairs
-    total_steps = epochs * batches
+    fit = _Fit(wae, config, rank, dev, _tensors(ds, feats, train_idx, dev), _tensors(ds, feats, valid_idx, dev))
+    run = RunFolder(out, {"variant": variant, "model": cfg.to_dict()}, TrainError, writes=rank.main)
     state = {"epoch": 0, "best": float("inf"), "best_epoch": 0, "bad_epochs": 0, "seconds": 0.0}
     if resume:
-        ckpt = torch.load(out / "checkpoint.pt", map_location=dev, weights_only=True)
-        if ckpt["variant"] != variant or ckpt["model"] != cfg.to_dict():
-            raise TrainError(f"{out}: checkpoint was made with another variant or model config")
-        wae.load_state_dict(ckpt["weights"])
-        ae_opt.load_state_dict(ckpt["ae_opt"])
-        if disc_opt is not None:
-            disc_opt.load_state_dict(ckpt["disc_opt"])
+        ckpt = run.load(dev)
+        fit.load(ckpt)
         state.update(ckpt["state"])
-        torch.set_rng_state(ckpt["rng"])
-        config = {**config, **{k: ckpt["config"][k] for k in ("epochs", "pre_classification", "ramp_end")}}
-        log.info("resuming %s at epoch %d of %d", out, state["epoch"], epochs)
-
+        # the schedule is the run's own: a resumed run keeps its length and its alpha ramp
+        config = fit.config = {**config, **{k: ckpt["config"][k] for k in ("epochs", "pre_classification", "ramp_end")}}
+        log.info("resuming %s at epoch %d of %d", out, state["epoch"], config["epochs"])
     if rank.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(
             {"data": str(ds.root.resolve()), "variant": variant, **config}, sort_keys=False))
-        if not resume:
-            with open(out / "metrics.csv", "w", newline="") as fh:
-                csv.writer(fh).writerow(METRIC_COLUMNS)
-
-    # Early stopping and the choice of the final weights go by the validation reconstruction: the
-    # MMD of a few hundred validation points is too noisy to steer by (it is logged). For wae-fader
-    # they wait until alpha has reached its fixed value: before that the objective moves.
-    watch_from = config["ramp_end"] if cfg.uses_discriminator else 0.0
-    gen = torch.Generator().manual_seed(int(config["seed"]) + 1)
-    valid_prior = torch.randn(len(valid_idx), cfg.latent, generator=gen).to(dev)
-    bar = tqdm(total=epochs, initial=state["epoch"], desc=f"train {variant}", unit="epoch",
-               disable=not (progress and rank.main))
-    while state["epoch"] < epochs:
-        epoch = state["epoch"]
-        start = time.perf_counter()
-        wae.train()
-        order = np.random.default_rng(int(config["seed"]) * 1000 + epoch).permutation(len(train_idx))
-        mine = order[rank.rank * n_per_rank:(rank.rank + 1) * n_per_rank]
-        sums = {k: 0.0 for k in ("recon", "mmd", "disc", "disc_acc", "fader")}
-        for b in range(batches):
-            step = epoch * batches + b
-            prog = step / total_steps
-            alpha = alpha_schedule(prog, config["pre_classification"], config["max_alpha"],
-                                   config["ramp_end"]) if disc is not None else 0.0
-            lr = _lr_at(prog, config["lr"], config["lr_final"])
-            for group in ae_opt.param_groups:
-                group["lr"] = lr
-            sel = torch.from_numpy(mine[b * bs:(b + 1) * bs]).to(dev)
-            mel, pitch, style, vel = (t[sel] for t in train_t)
-            recon, z = ae(mel, pitch, _style_onehot(style, cfg.n_styles), vel)
-            if disc is not None:
-                for _ in range(int(config["disc_steps"])):
-                    logits = disc(z.detach())
-                    d_loss = discriminator_loss(logits, style)
-                    disc_opt.zero_grad(set_to_none=True)
-                    d_loss.backward()
-                    disc_opt.step()
-                sums["disc"] += d_loss.item()
-                sums["disc_acc"] += (logits.argmax(1) == style).float().mean().item()
-            r_loss = reconstruction_loss(recon, mel, cfg.mel_scale)
-            m_loss = rbf_mmd(z, torch.randn_like(z))
-            loss = r_loss + config["mmd_weight"] * m_loss
-            if disc is not None:
-                f_loss = fader_loss(disc(z))
-                loss = loss + alpha * f_loss
-                sums["fader"] += f_loss.item()
-            ae_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            ae_opt.step()
-            sums["recon"] += r_loss.item()
-            sums["mmd"] += m_loss.item()
-        row = {k: v / batches for k, v in sums.items()}
-        valid = _validate(wae, valid_t, valid_prior, config["mmd_weight"], rank, dev)
-        state["epoch"] = epoch + 1
-        state["seconds"] += time.perf_counter() - start
-        improved = False
-        if state["epoch"] / epochs >= watch_from or state["epoch"] == epochs:
-            if valid["valid_recon"] < state["best"]:
-                state.update(best=valid["valid_recon"], best_epoch=state["epoch"], bad_epochs=0)
-                improved = True
-            else:
-                state["bad_epochs"] += 1
-        stop = state["bad_epochs"] >= int(config["patience"])
-        if rank.main:
-            if improved:
-                save_weights(wae, out / "best.safetensors")
-            row.update(epoch=state["epoch"], alpha=alpha, lr=lr, best=int(improved),
-                       seconds=round(time.perf_counter() - start, 3), **valid)
-            with open(out / "metrics.csv", "a", newline="") as fh:
-                csv.writer(fh).writerow([_fmt(row[c]) for c in METRIC_COLUMNS])
-            _save_checkpoint(out / "checkpoint.pt", wae, ae_opt, disc_opt, state, cfg, variant, config)
-            bar.set_postfix(recon=f"{row['recon']:.3f}", mmd=f"{row['mmd']:.4f}",
-                            valid=f"{valid['valid_recon']:.3f}", alpha=f"{alpha:.2f}")
-        bar.update(1)
-        if stop:
-            log.info("early stop at epoch %d: no better validation reconstruction for %d epochs",
-                     state["epoch"], config["patience"])
-            break
-    bar.close()
+    with run.metrics(METRIC_COLUMNS, state["epoch"] if resume else None) as metrics:
+        _epochs(fit, run, metrics, state, f"train {variant}", progress)
     summary = {"epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
                "best_valid_recon": round(state["best"], 5), "train_seconds": round(state["seconds"], 1),
                "processes": rank.world, "device": str(dev)}
@@ -343,37 +316,44 @@ def _train(ds: NoteDataset, variant: str, out: Path, config: dict, dev: torch.de
     return summary
 
 
-def _fmt(value) -> str:
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
+def _epochs(fit: _Fit, run: RunFolder, metrics: Metrics, state: dict, desc: str, progress: bool) -> None:
+    """Epochs from ``state["epoch"]`` to the last or to an early stop, ``state`` checkpointed after each.
 
-
-@torch.no_grad()
-def _validate(wae: WAE, valid_t, prior: torch.Tensor, mmd_weight: float, rank: Dist,
-              dev: torch.device) -> dict:
-    """Validation losses, computed by rank 0 and shared, so every process takes the same stop decision."""
-    result = torch.zeros(2, device=dev)
-    if rank.main:
-        wae.eval()
-        mel, pitch, style, vel = valid_t
-        recon, z = wae(mel, pitch, _style_onehot(style, wae.cfg.n_styles), vel)
-        result[0] = reconstruction_loss(recon, mel, wae.cfg.mel_scale)
-        result[1] = rbf_mmd(z, prior)
-        wae.train()
-    if rank.active:
-        dist.broadcast(result, 0)
-    recon_l, mmd_l = result.tolist()
-    return {"valid_recon": recon_l, "valid_mmd": mmd_l, "valid_loss": recon_l + mmd_weight * mmd_l}
-
-
-def _save_checkpoint(path: Path, wae: WAE, ae_opt, disc_opt, state: dict, cfg: ModelConfig,
-                     variant: str, config: dict) -> None:
-    ckpt = {"weights": wae.state_dict(), "ae_opt": ae_opt.state_dict(),
-            "disc_opt": disc_opt.state_dict() if disc_opt is not None else {},
-            "state": dict(state), "rng": torch.get_rng_state(), "model": cfg.to_dict(),
-            "variant": variant, "config": config}
-    tmp = path.with_suffix(".tmp")
-    torch.save(ckpt, tmp)
-    tmp.replace(path)
+    Early stopping and the choice of the final weights go by the validation reconstruction: the
+    MMD of a few hundred validation points is too noisy to steer by (it is logged). For wae-fader
+    they wait until alpha has reached its fixed value: before that the objective moves.
+    """
+    config, main = fit.config, fit.rank.main
+    epochs = int(config["epochs"])
+    watch_from = config["ramp_end"] if fit.wae.cfg.uses_discriminator else 0.0
+    bar = progress_bar(epochs, state["epoch"], desc, "epoch", progress and main)
+    while state["epoch"] < epochs:
+        start = time.perf_counter()
+        row = fit.epoch(state["epoch"])
+        valid = fit.validate()
+        state["epoch"] += 1
+        state["seconds"] += time.perf_counter() - start
+        improved = False
+        if state["epoch"] / epochs >= watch_from or state["epoch"] == epochs:
+            if valid["valid_recon"] < state["best"]:
+                state.update(best=valid["valid_recon"], best_epoch=state["epoch"], bad_epochs=0)
+                improved = True
+            else:
+                state["bad_epochs"] += 1
+        if main:
+            if improved:
+                save_weights(fit.wae, run.out / "best.safetensors")
+            metrics.write({**row, **valid, "epoch": state["epoch"], "best": int(improved),
+                           "seconds": round(time.perf_counter() - start, 3)})
+            run.save({**fit.state(), "state": dict(state), "config": config})
+            bar.set_postfix(recon=f"{row['recon']:.3f}", mmd=f"{row['mmd']:.4f}",
+                            valid=f"{valid['valid_recon']:.3f}", alpha=f"{row['alpha']:.2f}")
+        bar.update(1)
+        if state["bad_epochs"] >= int(config["patience"]):
+            log.info("early stop at epoch %d: no better validation reconstruction for %d epochs",
+                     state["epoch"], config["patience"])
+            break
+    bar.close()
 
 
 def _finish(out: Path, ds: NoteDataset, wae: WAE, cfg: ModelConfig, variant: str, config: dict,

@@ -17,11 +17,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from waeserver.dsp.pitch import N_OCTAVES, N_PITCH_CLASSES, octave_of, pitch_class
 from waeserver.plain import from_plain
 
 VARIANTS = ("wae-mmd", "wae-note", "wae-style", "wae-fader")
-N_PITCH_CLASSES = 12
-N_OCTAVES = 9
 
 
 @dataclass
@@ -72,14 +71,9 @@ class ModelConfig:
         return from_plain(cls, data, "model settings")
 
 
-def pitch_classes(pitch: torch.Tensor) -> torch.Tensor:
-    """MIDI pitch ``[B]`` int64 to pitch class 0..11."""
-    return torch.remainder(pitch, N_PITCH_CLASSES)
-
-
-def octaves(pitch: torch.Tensor) -> torch.Tensor:
-    """MIDI pitch ``[B]`` int64 to octave class 0..8 (C4 = 60 is 4), clipped at both ends."""
-    return torch.clamp(torch.div(pitch, 12, rounding_mode="floor") - 1, 0, N_OCTAVES - 1)
+def style_onehot(style: torch.Tensor, n_styles: int) -> torch.Tensor:
+    """Style indices ``[B]`` int64 to fader weights ``[B,S]`` float32: each note's own style at 1."""
+    return F.one_hot(style, n_styles).float()
 
 
 class Encoder(nn.Module):
@@ -169,7 +163,7 @@ class Conditions(nn.Module):
     def forward(self, pitch: torch.Tensor, style: torch.Tensor | None, velocity: torch.Tensor | None) -> torch.Tensor:
         parts = []
         if self.cfg.uses_pitch:
-            parts += [self.pitch_class(pitch_classes(pitch)), self.octave(octaves(pitch))]
+            parts += [self.pitch_class(pitch_class(pitch)), self.octave(octave_of(pitch))]
             if self.cfg.use_velocity:
                 parts.append(self.velocity(velocity.reshape(-1, 1).to(self.velocity.weight.dtype)))
         if self.cfg.uses_style:

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from waeserver.dsp.pitch import midi_to_f0
 from waeserver.dsp.spectral import (
     griffin_lim,
     log_spectral_distance,
@@ -35,8 +36,8 @@ from waeserver.dsp.spectral import (
     spectral_convergence,
     stft_magnitude,
 )
+from waeserver.model.wae import style_onehot
 from waeserver.sound.bundle import MODELS_DIR, Bundle, BundleError, load_bundle
-from waeserver.sound.mcnn import midi_to_f0
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def note_inputs(bundle: Bundle, batch: int, seed: int = 0) -> tuple[torch.Tensor
     gen = torch.Generator().manual_seed(seed)
     low, high = bundle.pitch_range
     pitch = torch.linspace(max(low, 48), min(high, 84), batch).round().long()
-    style = torch.nn.functional.one_hot(torch.arange(batch) % len(bundle.styles), len(bundle.styles)).float()
+    style = style_onehot(torch.arange(batch) % len(bundle.styles), len(bundle.styles))
     velocity = torch.full((batch,), 100 / 127)
     return pitch, velocity, style, torch.randn(batch, bundle.latent_size, generator=gen)
 
@@ -211,7 +212,7 @@ def pitch_accuracy(bundle: Bundle, seed: int = 0, batch: int = 32) -> dict:
     for s in range(0, len(jobs), batch):
         part = jobs[s:s + batch]
         pitch = torch.tensor([p for _, p in part])
-        style = torch.nn.functional.one_hot(torch.tensor([k for k, _ in part]), len(bundle.styles)).float()
+        style = style_onehot(torch.tensor([k for k, _ in part]), len(bundle.styles))
         velocity = torch.full((len(part),), 100 / 127)
         waves = bundle.synthesize(pitch, velocity, style, z_all[s:s + len(part)]).cpu().numpy()
         for (k, p), wave in zip(part, waves):

@@ -25,9 +25,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from waeserver.dsp.pitch import NOTE_NAMES
+from waeserver.plain import read_mapping
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +48,7 @@ class Stages:
 
     def __init__(self, work: Path, data: Path):
         self.path = work / "stages.yaml"
-        self.state = yaml.safe_load(self.path.read_text()) if self.path.is_file() else {}
+        self.state = read_mapping(self.path, "build stages", BuildError) if self.path.is_file() else {}
         data_key = str(data.resolve())
         if self.state.get("data", data_key) != data_key:
             raise BuildError(f"{work} belongs to a build of {self.state['data']}; give another --work")
@@ -78,7 +82,7 @@ def dataset_card(ds) -> dict:
     counts = Counter(r["split"] for r in ds.rows)
     return {
         "attributes": {
-            "pitch_classes": ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"],
+            "pitch_classes": list(NOTE_NAMES),
             "octaves": sorted({r["octave"] for r in ds.rows}),
             "dynamics": sorted({r["dynamics"] for r in ds.rows},
                                key=lambda d: ["pp", "p", "mp", "mf", "f", "ff"].index(d)
@@ -107,122 +111,173 @@ def _autoencoder_summary(report: dict) -> dict:
             "chance": report.get("chance")}
 
 
+@dataclass
+class _Build:
+    """What every stage works with: the dataset, the work folder and its stages, the device."""
+
+    data: Path
+    ds: object          # NoteDataset
+    work: Path
+    stages: Stages
+    dev: object         # torch.device
+    progress: bool
+
+
 def build_model(data: str | Path, out: str | Path, device: str = "auto", work: str | Path | None = None,
                 ae_run: str | Path | None = None, inverter_run: str | Path | None = None,
                 inverter_config: dict | None = None, finetune_config: dict | None = None,
                 ae_config: dict | None = None, keep_encoder: bool = True, from_bundle: str | Path | None = None,
                 progress: bool = True) -> Path:
-    """Run (or resume) every stage; returns the bundle folder."""
-    from waeserver.data.dataset import NoteDataset
-    from waeserver.model.evaluation import evaluate
-    from waeserver.model.training import load_wae, train
-    from waeserver.sound.bench import inversion_quality, pitch_accuracy
-    from waeserver.sound.bundle import load_bundle, pick_device, save_bundle
-    from waeserver.sound.finetune import finetune_decoder
-    from waeserver.sound.inverter_training import train_inverter
-    from waeserver.sound.inverters import describe, inverter_files, kind_of, load_inverter
+    """Run (or resume) every stage; returns the bundle folder.
 
-    data, out = Path(data), Path(out)
-    ds = NoteDataset(data)
-    work = Path(work) if work else REPO / "runs" / f"build-{out.name}"
-    work.mkdir(parents=True, exist_ok=True)
-    stages = Stages(work, data)
-    dev = pick_device(device)
-    started = time.monotonic()
+    Every setting is checked before the first stage runs: a typo in the fine-tuning section is
+    refused at once, not after the auto-encoder and the inverter have trained.
+    """
+    from waeserver.data.dataset import NoteDataset
+    from waeserver.model.devices import pick_device
+    from waeserver.model.training import merge_config
+    from waeserver.sound.bundle import load_bundle
+    from waeserver.sound.finetune import FinetuneConfig
+    from waeserver.sound.inverter_training import InverterTrainConfig
+
     if ae_run and from_bundle:
         raise BuildError("give --ae-run or --from-bundle, not both")
+    data, out = Path(data), Path(out)
+    ds = NoteDataset(data)
+    merge_config(ae_config)
+    inverter_settings = InverterTrainConfig.from_dict(dict(inverter_config or {}))
+    finetune_settings = FinetuneConfig.from_dict(dict(finetune_config or {}))
+    dev = pick_device(device)
     source = load_bundle(from_bundle, "cpu") if from_bundle else None
     if source is not None and (source.styles != ds.styles or source.spectral != ds.spectral):
         raise BuildError(f"{from_bundle} was not trained on {data} (styles or spectral settings differ)")
+    work = Path(work) if work else REPO / "runs" / f"build-{out.name}"
+    stages = Stages(work, data)
+    work.mkdir(parents=True, exist_ok=True)
+    b = _Build(data, ds, work, stages, dev, progress)
+    started = time.monotonic()
 
-    # 1. auto-encoder
-    if not stages.done("autoencoder"):
+    wae, pitch_range = _autoencoder_stage(b, source, ae_run, ae_config)
+    inverter, inverters = _inverter_stage(b, source, inverter_run, inverter_settings)
+    _finetune_stage(b, wae, inverter, finetune_settings)
+    _evaluate_stage(b, source)
+    _bundle_stage(b, out, wae.encoder if keep_encoder else None, wae.decoder, inverters, pitch_range)
+    stages.mark("bundle", {"out": str(out), "seconds": round(time.monotonic() - started, 1)})
+    return out
+
+
+def _autoencoder_stage(b: _Build, source, ae_run: str | Path | None, ae_config: dict | None):
+    """The auto-encoder: trained into WORK/autoencoder (resuming its checkpoint), the ``ae_run`` given,
+    or the bundle's. Returns (WAE on the device, pitch range or None)."""
+    from waeserver.model.training import load_wae, train
+
+    if not b.stages.done("autoencoder"):
         if source is not None:
-            stages.mark("autoencoder", {"bundle": str(source.path), "training": source.card.get("training", {})})
+            b.stages.mark("autoencoder", {"bundle": str(source.path), "training": source.card.get("training", {})})
         else:
-            run = Path(ae_run) if ae_run else work / "autoencoder"
+            run = Path(ae_run) if ae_run else b.work / "autoencoder"
             if not ae_run and not (run / "model.safetensors").is_file():
-                train(data, "wae-fader", run, ae_config, str(dev), resume=(run / "checkpoint.pt").is_file(),
-                      progress=progress)
+                train(b.data, "wae-fader", run, ae_config, str(b.dev), resume=(run / "checkpoint.pt").is_file(),
+                      progress=b.progress)
             _, meta = load_wae(run, "cpu")
-            if list(meta.get("styles", [])) != ds.styles or meta.get("spectral") != ds.spectral.to_dict():
-                raise BuildError(f"{run} was not trained on {data} (styles or spectral settings differ)")
-            stages.mark("autoencoder", {"run": str(run), "training": meta.get("training", {})})
+            if list(meta.get("styles", [])) != b.ds.styles or meta.get("spectral") != b.ds.spectral.to_dict():
+                raise BuildError(f"{run} was not trained on {b.data} (styles or spectral settings differ)")
+            b.stages.mark("autoencoder", {"run": str(run), "training": meta.get("training", {})})
     if source is not None:
-        wae = _wae_of(source, dev)
-        pitch_range = list(source.pitch_range)
-    else:
-        wae, meta = load_wae(Path(stages.done("autoencoder")["run"]), dev)
-        pitch_range = meta.get("pitch_range")
+        return _wae_of(source, b.dev), list(source.pitch_range)
+    wae, meta = load_wae(Path(b.stages.done("autoencoder")["run"]), b.dev)
+    return wae, meta.get("pitch_range")
 
-    # 2. real-time inverter
-    if not stages.done("inverter"):
+
+def _inverter_stage(b: _Build, source, inverter_run: str | Path | None, settings):
+    """The real-time inverter: trained into WORK/inverter (resuming) or the ``inverter_run`` given.
+    Returns (it on the device, every inverter the bundle carries by name, it first: with ``source``
+    the old bundle's too, for comparison; an old one of the new one's name becomes NAME-before)."""
+    from waeserver.sound.inverter_training import train_inverter
+    from waeserver.sound.inverters import inverter_files, kind_of, load_inverter
+
+    if not b.stages.done("inverter"):
         if inverter_run:
             inv_dir = Path(inverter_run)
             if inverter_files(inv_dir) is None:
                 raise BuildError(f"{inv_dir} holds no trained inverter (inverter.safetensors)")
-            inv_metrics = yaml.safe_load((inv_dir / "metrics.yaml").read_text()) \
-                if (inv_dir / "metrics.yaml").is_file() else {}
+            found = inv_dir / "metrics.yaml"
+            inv_metrics = read_mapping(found, "inverter metrics", BuildError) if found.is_file() else {}
         else:
-            inv_dir = work / "inverter"
-            inv_metrics = train_inverter(data, inv_dir, inverter_config, dev, resume=True, progress=progress)
+            inv_dir = b.work / "inverter"
+            inv_metrics = train_inverter(b.data, inv_dir, settings, b.dev, resume=True, progress=b.progress)
         inverter = load_inverter(inv_dir)
-        if inverter.cfg.sample_rate != ds.sample_rate or inverter.cfg.hop_length != ds.spectral.hop_length:
-            raise BuildError(f"{inv_dir} was trained for another sample rate or hop than {data}")
-        stages.mark("inverter", {"run": str(inv_dir), "valid": inv_metrics})
-    inv_dir = Path(stages.done("inverter")["run"])
-    inverter = load_inverter(inv_dir, dev)
+        if inverter.cfg.sample_rate != b.ds.sample_rate or inverter.cfg.hop_length != b.ds.spectral.hop_length:
+            raise BuildError(f"{inv_dir} was trained for another sample rate or hop than {b.data}")
+        b.stages.mark("inverter", {"run": str(inv_dir), "valid": inv_metrics})
+    inverter = load_inverter(Path(b.stages.done("inverter")["run"]), b.dev)
     name = kind_of(inverter)
     inverters = {name: inverter}
     if source is not None:
-        # the old bundle's inverters, for comparison (an old one of the same name gives way)
-        inverters.update({f"{k}-before" if k == name else k: v.to(dev)
-                          for k, v in source.inverters.items()})
+        inverters.update({f"{k}-before" if k == name else k: v.to(b.dev) for k, v in source.inverters.items()})
+    return inverter, inverters
 
-    # 3. fine-tuning
-    ft_dir = work / "finetune"
-    if not stages.done("finetune"):
-        result = finetune_decoder(wae, inverter, data, ft_dir, finetune_config, resume=True, progress=progress)
-        stages.mark("finetune", result)
+
+def _finetune_stage(b: _Build, wae, inverter, settings) -> None:
+    """The decoder fine-tuned through the frozen inverter in WORK/finetune (resuming); ``wae`` ends
+    with the fine-tuned decoder, in eval mode."""
     from safetensors.torch import load_file
+
+    from waeserver.sound.finetune import finetune_decoder
+
+    ft_dir = b.work / "finetune"
+    if not b.stages.done("finetune"):
+        result = finetune_decoder(wae, inverter, b.data, ft_dir, settings, resume=True, progress=b.progress)
+        b.stages.mark("finetune", result)
     wae.decoder.load_state_dict(load_file(str(ft_dir / "decoder.safetensors")))
     wae.eval()
 
-    # 4. the study's evaluation of the auto-encoder
-    if not stages.done("evaluate"):
-        if source is not None:
-            stages.mark("evaluate", (source.card.get("evaluation") or {}).get("autoencoder") or {})
-        else:
-            report = evaluate([Path(stages.done("autoencoder")["run"])], data, work / "evaluate", str(dev),
-                              progress=progress)
-            stages.mark("evaluate", _autoencoder_summary(report))
 
-    # 5. bundle, then its audio figures into the card
-    info = dataset_card(ds)
+def _evaluate_stage(b: _Build, source) -> None:
+    """The study's evaluation of the auto-encoder (a bundle's own figures with ``source``)."""
+    from waeserver.model.evaluation import evaluate
+
+    if b.stages.done("evaluate"):
+        return
+    if source is not None:
+        b.stages.mark("evaluate", (source.card.get("evaluation") or {}).get("autoencoder") or {})
+        return
+    report = evaluate([Path(b.stages.done("autoencoder")["run"])], b.data, b.work / "evaluate", str(b.dev),
+                      progress=b.progress)
+    b.stages.mark("evaluate", _autoencoder_summary(report))
+
+
+def _bundle_stage(b: _Build, out: Path, encoder, decoder, inverters: dict, pitch_range) -> None:
+    """Weights and card to ``out``, then the audio figures measured on the bundle itself (inversion
+    quality, pitch of generated notes) into its card; the bundle is loaded back as a check."""
+    from waeserver.sound.bench import inversion_quality, pitch_accuracy
+    from waeserver.sound.bundle import load_bundle, save_bundle
+    from waeserver.sound.inverters import describe
+
+    name = next(iter(inverters))     # the new inverter, the one the bundle plays
+    done = b.stages.done
+    info = dataset_card(b.ds)
     info["pitch_range"] = pitch_range or info["pitch_range"]
-    evaluation = {"autoencoder": stages.done("evaluate"), "inverter_valid": stages.done("inverter")["valid"],
-                  "finetune": stages.done("finetune")}
+    evaluation = {"autoencoder": done("evaluate"), "inverter_valid": done("inverter")["valid"],
+                  "finetune": done("finetune")}
     info["evaluation"] = evaluation
-    ae_from = stages.done("autoencoder")
+    ae_from = done("autoencoder")
     info["training"] = {"autoencoder": _repo_relative(Path(ae_from.get("run") or ae_from["bundle"])),
-                        "inverter": _repo_relative(inv_dir), "inverter_config": describe(inverter),
-                        "autoencoder_summary": ae_from["training"]}
-    encoder = wae.encoder if keep_encoder else None
+                        "inverter": _repo_relative(Path(done("inverter")["run"])),
+                        "inverter_config": describe(inverters[name]), "autoencoder_summary": ae_from["training"]}
 
     def write() -> None:
-        save_bundle(out, wae.decoder, inverters, ds.spectral, ds.styles, default_inverter=name,
+        save_bundle(out, decoder, inverters, b.ds.spectral, b.ds.styles, default_inverter=name,
                     name=out.name, encoder=encoder, info=info)
 
     write()
-    bundle = load_bundle(out, dev)
-    evaluation["audio"] = inversion_quality(bundle, data)
+    bundle = load_bundle(out, b.dev)
+    evaluation["audio"] = inversion_quality(bundle, b.data)
     evaluation["pitch"] = pitch_accuracy(bundle)
     write()
     load_bundle(out, "cpu")
-    stages.mark("bundle", {"out": str(out), "seconds": round(time.monotonic() - started, 1)})
     log.info("build: %s written (pitch within 50 cents: %.1f%%, %s SC %.3f)", out,
              100 * evaluation["pitch"].get("within_tolerance", 0), name, evaluation["audio"][name]["sc"])
-    return out
 
 
 def _wae_of(bundle, device):

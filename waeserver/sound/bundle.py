@@ -31,10 +31,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import waeserver
+from waeserver.dsp.pitch import N_OCTAVES, NOTE_NAMES, midi_to_f0
 from waeserver.dsp.spectral import SpectralConfig, griffin_lim, mel_to_linear
+from waeserver.model.devices import pick_device
 from waeserver.model.wae import Decoder, Encoder, ModelConfig
+from waeserver.plain import read_yaml
 from waeserver.sound.inverters import build_inverter, describe
-from waeserver.sound.mcnn import midi_to_f0
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,6 @@ CARD_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 CARD_FILE = "card.yaml"
 WEIGHTS_FILE = "weights.safetensors"
-PITCH_CLASS_NAMES = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"]
 COMMON_KEYS = ("format", "version", "name", "styles", "latent_size", "sample_rate", "spectral",
                "pitch_range", "model", "weights")
 REQUIRED_KEYS = {1: COMMON_KEYS + ("mcnn",), 2: COMMON_KEYS + ("inverters", "inverter")}
@@ -68,13 +69,6 @@ def sha256_of(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def pick_device(device: str | torch.device) -> torch.device:
-    """``auto`` takes CUDA when present; anything else as torch reads it."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class Bundle:
@@ -232,10 +226,7 @@ def load_bundle(path_or_name: str | Path, device: str | torch.device = "cpu") ->
     for needed in (card_path, weights_path):
         if not needed.is_file():
             raise BundleError(f"{root}: bundle lacks {needed.name}")
-    try:
-        card = yaml.safe_load(card_path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise BundleError(f"{card_path}: unreadable card ({exc})") from exc
+    card = read_yaml(card_path, "bundle card", BundleError)
     _check_card(card, root)
     expected_hash = (card["weights"] or {}).get("sha256") if isinstance(card["weights"], dict) else None
     if not expected_hash:
@@ -314,7 +305,7 @@ def save_bundle(out: str | Path, decoder: Decoder, inverters: dict[str, nn.Modul
         "version": CARD_VERSION,
         "name": name or out.name,
         "styles": list(styles),
-        "attributes": {"pitch_classes": PITCH_CLASS_NAMES, "octaves": list(range(9)),
+        "attributes": {"pitch_classes": list(NOTE_NAMES), "octaves": list(range(N_OCTAVES)),
                        "dynamics": ["p", "mf", "ff"]},
         "latent_size": model_cfg.latent,
         "sample_rate": spectral.sample_rate,

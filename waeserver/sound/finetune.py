@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from waeserver.dsp.pitch import midi_to_f0
 from waeserver.model.run_files import clipped_step, open_metrics, save_checkpoint
 from waeserver.model.wae import WAE
 from waeserver.plain import from_plain
 from waeserver.sound.inverter_training import load_split
-from waeserver.sound.mcnn import midi_to_f0
 
 log = logging.getLogger(__name__)
 

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from waeserver.dsp.pitch import octaves_from_a4
 from waeserver.dsp.spectral import hz_to_mel, mel_to_hz
 from waeserver.plain import from_plain
 
@@ -167,7 +168,7 @@ class HarmonicInverter(nn.Module):
         g = cfg.deviation_groups
         f0 = f0.to(logmel.dtype)
         normed = (logmel - cfg.mel_offset) / cfg.mel_scale
-        pitch = torch.log2(f0 / 440.0)[:, None, None].expand(batch, 1, frames)
+        pitch = octaves_from_a4(f0)[:, None, None].expand(batch, 1, frames)
         hidden = self.net(torch.cat([normed, pitch], dim=1))
         # outputs in the order deviations, noise, harmonics: a note needs only its first rows
         last = self.out

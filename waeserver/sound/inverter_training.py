@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from waeserver.dsp.pitch import midi_to_f0
 from waeserver.model.run_files import clipped_step, open_metrics, save_checkpoint
 from waeserver.plain import from_plain
 from waeserver.sound.inverters import DEFAULT_KIND, build_inverter, describe, load_inverter, new_inverter, save_inverter
-from waeserver.sound.mcnn import midi_to_f0
 
 log = logging.getLogger(__name__)
 

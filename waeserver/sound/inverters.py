@@ -75,15 +75,16 @@ def save_inverter(module: nn.Module, folder: str | Path) -> Path:
 def load_inverter(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """An inverter written by :func:`save_inverter` (a folder or its ``.safetensors``), or an MCNN
     folder of before (``mcnn.safetensors`` plus its bare config)."""
-    import yaml
     from safetensors.torch import load_file
+
+    from waeserver.plain import read_yaml
 
     path = Path(path)
     if path.is_dir():
         path = inverter_files(path) or path / f"{FILE_STEM}.safetensors"
     if not path.is_file() or not path.with_suffix(".yaml").is_file():
         raise FileNotFoundError(f"no trained inverter at {path} (and {path.with_suffix('.yaml').name})")
-    meta = yaml.safe_load(path.with_suffix(".yaml").read_text())
+    meta = read_yaml(path.with_suffix(".yaml"), "inverter description")
     if not isinstance(meta, dict):
         raise ValueError(f"{path.with_suffix('.yaml')}: not an inverter description")
     if "kind" not in meta:

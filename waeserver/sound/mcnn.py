@@ -346,8 +346,3 @@ def band_noise(cfg: MCNNConfig, length: int) -> torch.Tensor:
         band = torch.fft.irfft(spec * ((freqs >= lo) & (freqs < hi)), n=length)
         bands.append(band / band.pow(2).mean().sqrt().clamp(min=1e-12))
     return torch.stack(bands).float()
-
-
-def midi_to_f0(pitch: torch.Tensor) -> torch.Tensor:
-    """MIDI pitch ``[B]`` (int or float) to Hz."""
-    return 440.0 * torch.pow(2.0, (pitch.to(torch.float32) - 69) / 12)
