@@ -103,6 +103,27 @@ def test_every_link_in_the_docs_resolves_inside_the_repository():
     assert not broken, "broken links: " + "; ".join(broken)
 
 
+def test_every_repository_path_the_docs_name_exists():
+    """A path in code spans (`waeserver/live/_voices.c`, `results/x.json`, a glob) names something in
+    the tree, and so does a module's file name (`losses.py`); placeholders in capitals (`models/NAME/`)
+    are left alone."""
+    missing = []
+    files = {p.name for folder in ("waeserver", "benchmarks", "examples", "tests", "patches")
+             for p in (ROOT / folder).rglob("*") if p.suffix in (".py", ".c")} | {"setup.py"}
+    for doc in markdown_files():
+        for path in re.findall(r"`((?:waeserver|benchmarks|examples|patches|tests|docs|models|results)/[\w./*{},-]+)`",
+                               doc.read_text()):
+            if re.search(r"\b[A-Z]{2,}\b|[{}]", path):
+                continue
+            path = f"benchmarks/{path}" if path.startswith("results/") else path   # as benchmarks/*.py write it
+            if not (any(ROOT.glob(path.rstrip("/"))) if "*" in path else (ROOT / path).exists()):
+                missing.append(f"{doc.relative_to(ROOT)}: {path}")
+        for name in re.findall(r"`(\w+\.(?:py|c))`", doc.read_text()):
+            if name not in files:
+                missing.append(f"{doc.relative_to(ROOT)}: {name}")
+    assert not missing, f"the docs name paths that are not in the repository: {missing}"
+
+
 def test_the_architecture_names_every_module_and_only_modules_that_exist():
     """docs/ARCHITECTURE.md's per-layer tables against the tree: a ``### `waeserver/LAYER/` `` heading,
     then rows whose first cell names that folder's modules (without ``.py``; C files with their suffix)."""
