@@ -2,8 +2,8 @@
 
 Precedence: built-in defaults, then the file given with ``--config``, then flags. Every value is
 checked before anything starts; a bad one is a :class:`ConfigError` naming the option and where
-it came from. The options, their defaults and meaning are listed in :data:`OPTIONS` (and in
-docs/live.md).
+it came from. The options and their defaults are :class:`ServeConfig`'s fields, their meaning
+:data:`HELP` (docs/reference.md's table of them is generated from both).
 """
 
 from __future__ import annotations
