@@ -13,7 +13,7 @@ import waeserver
 PACKAGE = Path(waeserver.__file__).parent
 LAYERS = ("plain", "dsp", "data", "model", "sound", "live", "cli")
 TRAINING = ("waeserver.model.training", "waeserver.model.losses", "waeserver.model.evaluation",
-            "waeserver.model.run_files", "waeserver.sound.inverter_training", "waeserver.sound.finetune",
+            "waeserver.model.training_run", "waeserver.sound.inverter_training", "waeserver.sound.finetune",
             "waeserver.sound.build", "waeserver.sound.bench")
 
 

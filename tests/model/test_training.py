@@ -13,7 +13,7 @@ import yaml
 from safetensors.torch import load_file
 
 from waeserver.cli import main as cli_main
-from waeserver.model import training as train_mod
+from waeserver.model import training_run
 from waeserver.model.losses import alpha_schedule
 from waeserver.model.training import TrainError, load_wae, train
 from waeserver.model.wae import VARIANTS
@@ -78,25 +78,34 @@ def test_trained_decoder_answers_to_style(tiny_runs):
 def test_resume_continues_where_it_stopped(tiny_dataset, tmp_path, monkeypatch):
     config = {**QUICK, "epochs": 3}
     whole = train(tiny_dataset, "wae-fader", tmp_path / "whole", config, device="cpu", progress=False)
-    real_save = train_mod._save_checkpoint
+    real_save = training_run.save_checkpoint
 
-    def save_then_stop(path, wae, ae_opt, disc_opt, state, *rest):
-        real_save(path, wae, ae_opt, disc_opt, state, *rest)
-        if state["epoch"] == 2:
+    def save_then_stop(path, state):
+        real_save(path, state)
+        if state["state"]["epoch"] == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_mod, "_save_checkpoint", save_then_stop)
+    monkeypatch.setattr(training_run, "save_checkpoint", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
         train(tiny_dataset, "wae-fader", tmp_path / "cut", config, device="cpu", progress=False)
-    monkeypatch.setattr(train_mod, "_save_checkpoint", real_save)
-    assert not (tmp_path / "cut" / "model.safetensors").exists()
+    monkeypatch.setattr(training_run, "save_checkpoint", real_save)
+    cut = tmp_path / "cut"
+    assert not (cut / "model.safetensors").exists()
     with pytest.raises(TrainError, match="already holds"):
-        train(tiny_dataset, "wae-fader", tmp_path / "cut", config, device="cpu", progress=False)
-    resumed = train(tiny_dataset, "wae-fader", tmp_path / "cut", config, device="cpu", resume=True, progress=False)
-    assert [int(r["epoch"]) for r in _metrics(tmp_path / "cut")] == [1, 2, 3]
+        train(tiny_dataset, "wae-fader", cut, config, device="cpu", progress=False)
+    written = (cut / "checkpoint.pt").read_bytes()
+    with pytest.raises(TrainError, match="another config .*dec_channels"):
+        train(tiny_dataset, "wae-fader", cut, {**config, "model": {"dec_channels": 32}}, device="cpu", resume=True)
+    assert (cut / "checkpoint.pt").read_bytes() == written
+    # a checkpoint of before run identities (variant and model config beside the state) resumes too
+    ckpt = torch.load(cut / "checkpoint.pt", weights_only=True)
+    identity = ckpt.pop("identity")
+    torch.save({**ckpt, **identity}, cut / "checkpoint.pt")
+    resumed = train(tiny_dataset, "wae-fader", cut, config, device="cpu", resume=True, progress=False)
+    assert [int(r["epoch"]) for r in _metrics(cut)] == [1, 2, 3]
     assert resumed["epochs_run"] == whole["epochs_run"] == 3
     a = load_file(str(tmp_path / "whole" / "model.safetensors"))
-    b = load_file(str(tmp_path / "cut" / "model.safetensors"))
+    b = load_file(str(cut / "model.safetensors"))
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
 
 

@@ -12,7 +12,6 @@ Shapes: log-mel ``[B, M, F]``, waveform crops ``[B, crop_frames * hop]``.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,10 +20,11 @@ import torch
 from torch import nn
 
 from waeserver.dsp.pitch import midi_to_f0
-from waeserver.model.run_files import clipped_step, open_metrics, save_checkpoint
+from waeserver.model.training_run import RunFolder, clipped_step, run_steps, save_weights, step_settings
 from waeserver.model.wae import WAE
 from waeserver.plain import from_plain
 from waeserver.sound.inverter_training import load_split
+from waeserver.sound.inverters import describe
 
 log = logging.getLogger(__name__)
 
@@ -74,17 +74,31 @@ def audio_metrics(wae: WAE, inverter: nn.Module, notes: dict, spectral, batch: i
     return {"sc": round(float(torch.cat(sc).mean()), 4), "lsd_db": round(float(torch.cat(lsd).mean()), 3)}
 
 
+COLUMNS = ["step", "loss", "sc", "mag", "mel", "seconds"]
+
+
+def _only_the_decoder_learns(wae: WAE, inverter: nn.Module) -> nn.Module:
+    """Everything frozen and in eval mode but ``wae.decoder``, which is returned."""
+    wae.eval()
+    inverter.eval()
+    for p in list(wae.parameters()) + list(inverter.parameters()):
+        p.requires_grad_(False)
+    for p in wae.decoder.parameters():
+        p.requires_grad_(True)
+    return wae.decoder
+
+
 def finetune_decoder(wae: WAE, inverter: nn.Module, data_dir: str | Path, out_dir: str | Path,
                      config: FinetuneConfig | dict | None = None, resume: bool = False,
                      progress: bool = True) -> dict:
     """Fine-tune ``wae.decoder`` in place through the frozen ``inverter``; returns before/after metrics.
 
     Writes ``out_dir/``: ``checkpoint.pt`` (decoder, optimiser, step), ``metrics.csv``,
-    ``decoder.safetensors`` (the result) and ``metrics.yaml``.
+    ``decoder.safetensors`` (the result) and ``metrics.yaml``. With ``resume``, training continues
+    from the checkpoint (of the same settings but ``training_run.RESUMABLE``, the same model config and
+    inverter; another's is refused).
     """
     import yaml
-    from safetensors.torch import save_file
-    from tqdm import tqdm
 
     from waeserver.data.dataset import NoteDataset
     from waeserver.dsp.stft_loss import MultiResolutionSTFTLoss
@@ -93,82 +107,59 @@ def finetune_decoder(wae: WAE, inverter: nn.Module, data_dir: str | Path, out_di
         config = FinetuneConfig.from_dict(config)
     config = config or FinetuneConfig()
     out = Path(out_dir)
+    run = RunFolder(out, {**step_settings(config), "model": wae.cfg.to_dict(), "inverter": describe(inverter)})
+    state = run.load() if resume else None
     out.mkdir(parents=True, exist_ok=True)
     ds = NoteDataset(data_dir)
     hop = ds.spectral.hop_length
     device = next(inverter.parameters()).device
     train_notes = note_tensors(ds, "train", wae.cfg.n_styles)
     valid_notes = note_tensors(ds, "valid", wae.cfg.n_styles)
-
-    wae.eval()
-    inverter.eval()
-    for p in list(wae.parameters()) + list(inverter.parameters()):
-        p.requires_grad_(False)
-    decoder = wae.decoder
-    for p in decoder.parameters():
-        p.requires_grad_(True)
+    decoder = _only_the_decoder_learns(wae, inverter)
     with torch.no_grad():
         z_train = torch.cat([wae.encoder(train_notes["mel"][s:s + 64].to(device))
                              for s in range(0, len(train_notes["mel"]), 64)])
     opt = torch.optim.Adam(decoder.parameters(), lr=config.lr)
     loss_fn = MultiResolutionSTFTLoss().to(device)
-    ckpt_path = out / "checkpoint.pt"
-    step = 0
-    before = None
-    if resume and ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    first = 0
+    if state is not None:
         decoder.load_state_dict(state["decoder"])
         opt.load_state_dict(state["optimizer"])
-        step = int(state["step"])
+        first = int(state["step"])
         before = {"sc": float(state["before_sc"]), "lsd_db": float(state["before_lsd"])}
-        log.info("fine-tuning: resuming at step %d", step)
-    if before is None:
+        log.info("fine-tuning: resuming at step %d", first)
+    else:
         before = audio_metrics(wae, inverter, valid_notes, ds.spectral)
-    rng = np.random.default_rng(config.seed + step)
-
-    def checkpoint() -> None:
-        save_checkpoint(ckpt_path, {"decoder": decoder.state_dict(), "optimizer": opt.state_dict(),
-                                    "step": torch.tensor(step), "before_sc": torch.tensor(before["sc"]),
-                                    "before_lsd": torch.tensor(before["lsd_db"])})
-
-    started = time.monotonic()
+    rng = np.random.default_rng(config.seed + first)
     n_frames = train_notes["mel"].shape[-1]
-    fh, writer = open_metrics(out / "metrics.csv", ["step", "loss", "sc", "mag", "mel", "seconds"],
-                              step or None)
-    with fh:
-        bar = tqdm(total=config.steps, initial=step, desc="fine-tune", unit="step", disable=not progress)
-        decoder.train()
-        while step < config.steps:
-            if config.max_minutes and time.monotonic() - started > 60 * config.max_minutes:
-                log.info("fine-tuning: time budget of %.1f min spent at step %d", config.max_minutes, step)
-                break
-            idx = torch.from_numpy(rng.integers(0, len(z_train), config.batch_size))
-            start = int(rng.integers(0, n_frames - config.crop_frames + 1))
-            mel = decoder(z_train[idx], train_notes["pitch"][idx].to(device),
-                          train_notes["style"][idx].to(device), train_notes["velocity"][idx].to(device))
-            crop = mel[..., start:start + config.crop_frames]
-            wave = inverter(crop, midi_to_f0(train_notes["pitch"][idx]).to(device))
-            real = train_notes["wave"][idx, start * hop:(start + config.crop_frames) * hop].to(device)
-            spec_loss, parts = loss_fn(wave, real)
-            mel_loss = (mel - train_notes["mel"][idx].to(device)).abs().mean()
-            loss = spec_loss + config.mel_weight * mel_loss
-            clipped_step(opt, loss, decoder.parameters())
-            step += 1
-            bar.update(1)
-            if step % config.log_every == 0:
-                writer.writerow([step, f"{loss.item():.5f}", f"{parts['sc'].item():.5f}",
-                                 f"{parts['mag'].item():.5f}", f"{mel_loss.item():.5f}",
-                                 f"{time.monotonic() - started:.1f}"])
-                fh.flush()
-            if step % config.checkpoint_every == 0:
-                checkpoint()
-        bar.close()
-    checkpoint()
+
+    def train_step(step: int) -> dict:
+        idx = torch.from_numpy(rng.integers(0, len(z_train), config.batch_size))
+        start = int(rng.integers(0, n_frames - config.crop_frames + 1))
+        mel = decoder(z_train[idx], train_notes["pitch"][idx].to(device),
+                      train_notes["style"][idx].to(device), train_notes["velocity"][idx].to(device))
+        crop = mel[..., start:start + config.crop_frames]
+        wave = inverter(crop, midi_to_f0(train_notes["pitch"][idx]).to(device))
+        real = train_notes["wave"][idx, start * hop:(start + config.crop_frames) * hop].to(device)
+        spec_loss, parts = loss_fn(wave, real)
+        mel_loss = (mel - train_notes["mel"][idx].to(device)).abs().mean()
+        loss = spec_loss + config.mel_weight * mel_loss
+        clipped_step(opt, loss, decoder.parameters())
+        return {"loss": loss, "sc": parts["sc"], "mag": parts["mag"], "mel": mel_loss}
+
+    def checkpoint(step: int) -> None:
+        run.save({"decoder": decoder.state_dict(), "optimizer": opt.state_dict(), "step": torch.tensor(step),
+                  "before_sc": torch.tensor(before["sc"]), "before_lsd": torch.tensor(before["lsd_db"])})
+
+    decoder.train()
+    with run.metrics(COLUMNS, first if state is not None else None) as metrics:
+        step = run_steps(first, config.steps, train_step, checkpoint, metrics, log_every=config.log_every,
+                         checkpoint_every=config.checkpoint_every, max_minutes=config.max_minutes,
+                         desc="fine-tune", progress=progress)
     decoder.eval()
     for p in decoder.parameters():
         p.requires_grad_(False)
-    save_file({k: v.detach().cpu().contiguous() for k, v in decoder.state_dict().items()},
-              str(out / "decoder.safetensors"))
+    save_weights(decoder, out / "decoder.safetensors")
     after = audio_metrics(wae, inverter, valid_notes, ds.spectral)
     result = {"steps": step, "valid_before": before, "valid_after": after}
     (out / "metrics.yaml").write_text(yaml.safe_dump(result, sort_keys=False))

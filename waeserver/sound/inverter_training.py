@@ -3,8 +3,8 @@
 Any kind of :mod:`waeserver.sound.inverters` trains the same way: random crops of ``crop_frames``
 frames of the training split (log-mel, the matching stretch of the recording, the note's f0),
 ``MultiResolutionSTFTLoss`` between the inverter's waveform and the recording, Adam with a cosine
-decay, gradient clipping at 1, an atomic checkpoint every ``checkpoint_every`` steps, a
-``metrics.csv`` that resumes, and a wall-time budget.
+decay, gradient clipping at 1, in the step loop of :mod:`waeserver.model.training_run` (an atomic
+checkpoint every ``checkpoint_every`` steps, a ``metrics.csv`` that resumes, a wall-time budget).
 
 Shapes: crops of log-mel ``[B, M, crop_frames]``, wave ``[B, crop_frames * hop]``, f0 ``[B]`` Hz.
 """
@@ -12,8 +12,6 @@ Shapes: crops of log-mel ``[B, M, crop_frames]``, wave ``[B, crop_frames * hop]`
 from __future__ import annotations
 
 import logging
-import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +20,7 @@ import torch
 from torch import nn
 
 from waeserver.dsp.pitch import midi_to_f0
-from waeserver.model.run_files import clipped_step, open_metrics, save_checkpoint
+from waeserver.model.training_run import RunFolder, clipped_step, cosine_lr, run_steps, set_lr, step_settings
 from waeserver.plain import from_plain
 from waeserver.sound.inverters import DEFAULT_KIND, build_inverter, describe, load_inverter, new_inverter, save_inverter
 
@@ -120,6 +118,27 @@ def _new_inverter(config: InverterTrainConfig, ds, feats: np.ndarray) -> nn.Modu
     return new_inverter(config.kind, {**settings, **config.model})
 
 
+COLUMNS = ["step", "loss", "sc", "mag", "phase", "lr", "seconds"]
+
+
+def _starting_inverter(config: InverterTrainConfig, ds, feats: np.ndarray, out: Path, state: dict | None) -> nn.Module:
+    """A resumed run's inverter (rebuilt from ``start.yaml`` with the checkpoint's weights), or a new
+    run's (described in ``start.yaml``)."""
+    import yaml
+
+    from waeserver.plain import read_mapping
+
+    start_path = out / "start.yaml"
+    if state is not None:
+        meta = read_mapping(start_path, "inverter start")
+        model = build_inverter(meta["kind"], meta["config"])
+        model.load_state_dict(state["model"])
+        return model
+    model = _new_inverter(config, ds, feats)
+    start_path.write_text(yaml.safe_dump(describe(model), sort_keys=False))
+    return model
+
+
 def train_inverter(data_dir: str | Path, out_dir: str | Path, config: InverterTrainConfig | dict | None = None,
                    device: str | torch.device = "cpu", resume: bool = False, progress: bool = True) -> dict:
     """Train an inverter on a dataset's real audio; returns the final validation metrics.
@@ -127,10 +146,10 @@ def train_inverter(data_dir: str | Path, out_dir: str | Path, config: InverterTr
     Writes ``out_dir/``: ``checkpoint.pt`` (model, optimiser, step; tensors only), ``metrics.csv``,
     ``inverter.safetensors`` + ``inverter.yaml`` (the result), ``start.yaml`` (the inverter the run
     started with, which a resumed run rebuilds) and ``metrics.yaml`` (final validation).
-    With ``resume``, training continues from the checkpoint; a finished run is left as it is.
+    With ``resume``, training continues from the checkpoint (of the same settings but
+    ``training_run.RESUMABLE``; another config's is refused); a finished run is left as it is.
     """
     import yaml
-    from tqdm import tqdm
 
     from waeserver.data.dataset import NoteDataset
     from waeserver.dsp.stft_loss import MultiResolutionSTFTLoss
@@ -139,73 +158,42 @@ def train_inverter(data_dir: str | Path, out_dir: str | Path, config: InverterTr
         config = InverterTrainConfig.from_dict(config)
     config = config or InverterTrainConfig()
     out = Path(out_dir)
+    run = RunFolder(out, step_settings(config))
+    state = run.load() if resume and (out / "start.yaml").is_file() else None
     out.mkdir(parents=True, exist_ok=True)
     ds = NoteDataset(data_dir)
-    spectral = ds.spectral
     feats, audio, pitch = load_split(ds, "train")
-    valid = load_split(ds, "valid")
-
     torch.manual_seed(config.seed)
-    ckpt_path, start_path = out / "checkpoint.pt", out / "start.yaml"
-    state = None
-    if resume and ckpt_path.is_file() and start_path.is_file():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        meta = yaml.safe_load(start_path.read_text())
-        model = build_inverter(meta["kind"], meta["config"])
-        model.load_state_dict(state["model"])
-    else:
-        model = _new_inverter(config, ds, feats)
-        start_path.write_text(yaml.safe_dump(describe(model), sort_keys=False))
-    model = model.to(device)
+    model = _starting_inverter(config, ds, feats, out, state).to(device)
     loss_fn = MultiResolutionSTFTLoss(phase_weight=config.phase_weight).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    step = 0
+    first = 0
     if state is not None:
         opt.load_state_dict(state["optimizer"])
-        step = int(state["step"])
-        log.info("inverter: resuming at step %d", step)
-    rng = np.random.default_rng(config.seed + step)
+        first = int(state["step"])
+        log.info("inverter: resuming at step %d", first)
+    rng = np.random.default_rng(config.seed + first)
 
-    def lr_at(s: int) -> float:
-        t = min(s / max(config.steps, 1), 1.0)
-        return config.lr_final + 0.5 * (config.lr - config.lr_final) * (1 + math.cos(math.pi * t))
+    def train_step(step: int) -> dict:
+        mel, wave, f0 = random_crops(feats, audio, pitch, config.batch_size, config.crop_frames,
+                                     ds.spectral.hop_length, rng)
+        lr = cosine_lr(step / max(config.steps, 1), config.lr, config.lr_final)
+        set_lr(opt, lr)
+        loss, parts = loss_fn(model(mel.to(device), f0.to(device)), wave.to(device))
+        clipped_step(opt, loss, model.parameters())
+        return {"loss": loss, **parts, "lr": lr}
 
-    def checkpoint() -> None:
-        save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                    "step": torch.tensor(step)})
+    def checkpoint(step: int) -> None:
+        run.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": torch.tensor(step)})
 
-    started = time.monotonic()
-    fh, writer = open_metrics(out / "metrics.csv", ["step", "loss", "sc", "mag", "phase", "lr", "seconds"],
-                              step if state is not None else None)
-    with fh:
-        bar = tqdm(total=config.steps, initial=step, desc=f"inverter ({config.kind})", unit="step",
-                   disable=not progress)
-        model.train()
-        while step < config.steps:
-            if config.max_minutes and time.monotonic() - started > 60 * config.max_minutes:
-                log.info("inverter: time budget of %.1f min spent at step %d", config.max_minutes, step)
-                break
-            mel, wave, f0 = random_crops(feats, audio, pitch, config.batch_size, config.crop_frames,
-                                         spectral.hop_length, rng)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step)
-            loss, parts = loss_fn(model(mel.to(device), f0.to(device)), wave.to(device))
-            clipped_step(opt, loss, model.parameters())
-            step += 1
-            bar.update(1)
-            if step % config.log_every == 0:
-                writer.writerow([step, f"{loss.item():.5f}", f"{parts['sc'].item():.5f}",
-                                 f"{parts['mag'].item():.5f}", f"{float(parts['phase']):.5f}",
-                                 f"{lr_at(step):.2e}", f"{time.monotonic() - started:.1f}"])
-                fh.flush()
-                bar.set_postfix(loss=f"{loss.item():.3f}", sc=f"{parts['sc'].item():.3f}")
-            if step % config.checkpoint_every == 0:
-                checkpoint()
-        bar.close()
-    checkpoint()
+    model.train()
+    with run.metrics(COLUMNS, first if state is not None else None) as metrics:
+        step = run_steps(first, config.steps, train_step, checkpoint, metrics, log_every=config.log_every,
+                         checkpoint_every=config.checkpoint_every, max_minutes=config.max_minutes,
+                         desc=f"inverter ({config.kind})", progress=progress)
     model.eval()
     save_inverter(model, out)
-    result = evaluate_inverter(model, *valid, spectral)
+    result = evaluate_inverter(model, *load_split(ds, "valid"), ds.spectral)
     result["step"] = step
     (out / "metrics.yaml").write_text(yaml.safe_dump(result, sort_keys=False))
     log.info("inverter: step %d, validation SC %.3f, LSD %.2f dB", step, result["sc"], result["lsd_db"])
