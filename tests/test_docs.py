@@ -55,6 +55,15 @@ def test_the_reference_names_every_jack_port():
                                    "section '## The live daemon: ports and defaults'")
 
 
+def test_the_reference_names_every_cc_target():
+    from waeserver.live.controls import TARGETS
+
+    named = section(REFERENCE.read_text(), "MIDI")
+    missing = [t for t in TARGETS if f"`{t}`" not in named]
+    assert not missing, (f"name the CC targets {missing} (and the range a controller spans) in docs/reference.md, "
+                         "section '## MIDI'")
+
+
 def test_nothing_points_outside_the_repository():
     """The user-facing contract is docs/reference.md; no doc or module sends a reader to a file they lack."""
     files = [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "patches").rglob("*.md"),
