@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from waeserver.cli.options import device_arg
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, type=Path)
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--data", required=True, type=Path, help="dataset folder to learn from")
+    p.add_argument("--out", required=True, type=Path, help="bundle folder to write, e.g. models/NAME")
+    device_arg(p)
     p.add_argument("--ae-run", type=Path, help="reuse this trained auto-encoder run")
     p.add_argument("--from-bundle", type=Path, help="take the auto-encoder from this bundle (and keep its "
                    "inverters beside the new one)")

@@ -5,24 +5,26 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from waeserver.cli.options import sample_rate_arg
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", required=True, metavar="{render,import,info}")
     r = sub.add_parser("render", help="render a labelled note dataset from a soundfont")
     r.add_argument("--preset", required=True, help="orchestra12, techniques or tiny")
     r.add_argument("--soundfont", help="path or name (FluidR3_GM, TimGM6mb, ...); default: the preset's")
-    r.add_argument("--out", required=True, type=Path)
-    r.add_argument("--sample-rate", type=int, default=22050)
+    r.add_argument("--out", required=True, type=Path, help="dataset folder to write")
+    sample_rate_arg(r)
     r.add_argument("--workers", type=int, default=None, help="render processes (default: cores, at most 4)")
     r.set_defaults(action_run=dataset_render)
     i = sub.add_parser("import", help="turn a folder of samples plus a tag file into a dataset")
-    i.add_argument("src", type=Path)
+    i.add_argument("src", type=Path, help="folder of samples (WAV, FLAC or AIFF, any rate, mono or stereo)")
     i.add_argument("--tags", required=True, type=Path, help="YAML or CSV tag file")
-    i.add_argument("--out", required=True, type=Path)
-    i.add_argument("--sample-rate", type=int, default=22050)
+    i.add_argument("--out", required=True, type=Path, help="dataset folder to write")
+    sample_rate_arg(i)
     i.set_defaults(action_run=dataset_import)
     n = sub.add_parser("info", help="counts per attribute and split")
-    n.add_argument("dir", type=Path)
+    n.add_argument("dir", type=Path, help="dataset folder")
     n.add_argument("--plot", nargs="?", const="", default=None, metavar="PNG",
                    help="also write a grid of example spectrograms per style (default DIR/examples.png)")
     n.set_defaults(action_run=dataset_info)

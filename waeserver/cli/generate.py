@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from waeserver.cli.options import inverter_arg, model_arg, style_arg
+from waeserver.cli.options import device_arg, inverter_arg, model_arg, seed_arg, style_arg
 
 log = logging.getLogger(__name__)
 
@@ -17,10 +17,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--velocity", type=int, default=100, help="MIDI velocity 1..127 (default 100)")
     style_arg(p, "style weights, e.g. violin=0.5,clarinet=0.5 (default: the first style)")
     p.add_argument("--z", default="random", help="latent point a,b,c or 'random' (default)")
-    p.add_argument("--seed", type=int, default=0)
+    seed_arg(p, "the random latent point")
     inverter_arg(p, "gla (Griffin-Lim, the offline reference) or a real-time inverter the bundle "
                     "carries (default: the bundle's own)")
-    p.add_argument("--device", default="auto")
+    device_arg(p)
     p.add_argument("-o", "--output", required=True, type=Path, help="WAV file to write")
 
 

@@ -5,19 +5,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from waeserver.cli.options import seed_arg
+
 VARIANTS = ("wae-mmd", "wae-note", "wae-style", "wae-fader")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, type=Path)
-    p.add_argument("--variant", choices=VARIANTS, default="wae-fader")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--data", required=True, type=Path, help="dataset folder")
+    p.add_argument("--variant", choices=VARIANTS, default="wae-fader",
+                   help="the model or one of its ablations (default wae-fader)")
+    p.add_argument("--out", required=True, type=Path, help="run folder: checkpoint, metrics.csv, weights")
     p.add_argument("--config", type=Path, help="YAML training config (every key also a default below)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--epochs", type=int, help="most epochs (early stopping may end sooner)")
+    p.add_argument("--batch-size", type=int, help="notes per batch")
     p.add_argument("--latent", type=int, help="latent size (default 3)")
-    p.add_argument("--seed", type=int, default=0)
+    seed_arg(p, "the weights, the batches and the latent draws")
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
 
 

@@ -7,7 +7,7 @@ import logging
 import math
 from pathlib import Path
 
-from waeserver.cli.options import inverter_arg, model_arg, style_arg
+from waeserver.cli.options import device_arg, inverter_arg, model_arg, seed_arg, style_arg
 
 log = logging.getLogger(__name__)
 
@@ -22,9 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variations", type=int, default=0, metavar="N",
                    help="N notes from points drawn around the note's (OUT is then a folder)")
     p.add_argument("--spread", type=float, default=0.5, help="standard deviation of the variations (default 0.5)")
-    p.add_argument("--seed", type=int, default=0)
+    seed_arg(p, "the variations")
     inverter_arg(p, "gla or a real-time inverter the bundle carries")
-    p.add_argument("--device", default="auto")
+    device_arg(p)
     p.add_argument("-o", "--output", required=True, type=Path, help="WAV file to write (a folder with --variations)")
 
 
