@@ -2,16 +2,50 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import yaml
 
 from waeserver.cli import main
-from waeserver.sound.build import BuildError, build_model
+from waeserver.sound import finetune
+from waeserver.sound.build import STAGES, BuildError, build_model
 from waeserver.sound.bundle import load_bundle, make_test_bundle
+from waeserver.sound.generate import generate_note
 
 TINY_INVERTER = {"kind": "harmonic", "steps": 2, "batch_size": 2, "crop_frames": 8, "log_every": 1,
                  "model": {"hidden": 8, "max_harmonics": 16}}
 TINY_FINETUNE = {"steps": 2, "batch_size": 2, "crop_frames": 8, "log_every": 1}
+TINY_AE = {"epochs": 2, "batch_size": 16, "model": {"enc_channels": 16, "dec_channels": 16, "hidden": 32}}
+
+
+def test_a_whole_build_interrupted_after_a_stage_resumes_from_the_stages_done(tiny_dataset, tmp_path, monkeypatch):
+    work, out = tmp_path / "work", tmp_path / "tiny-bundle"
+    settings = dict(device="cpu", work=work, ae_config=TINY_AE, inverter_config=TINY_INVERTER,
+                    finetune_config=TINY_FINETUNE, progress=False)
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune, "finetune_decoder", ctrl_c)      # stopped once the inverter is trained
+    with pytest.raises(KeyboardInterrupt):
+        build_model(tiny_dataset, out, **settings)
+    monkeypatch.undo()
+    assert list(yaml.safe_load((work / "stages.yaml").read_text())["done"]) == ["autoencoder", "inverter"]
+    assert not out.exists()
+    trained = [work / "autoencoder" / "model.safetensors", work / "inverter" / "inverter.safetensors"]
+    stamps = [p.stat().st_mtime_ns for p in trained]
+    build_model(tiny_dataset, out, **settings)
+    assert [p.stat().st_mtime_ns for p in trained] == stamps          # neither trained again
+    stages = yaml.safe_load((work / "stages.yaml").read_text())["done"]
+    assert list(stages) == list(STAGES) and stages["finetune"]["steps"] == 2
+    bundle = load_bundle(out)
+    assert bundle.default_inverter == "harmonic" and list(bundle.inverters) == ["harmonic"]
+    assert bundle.encoder is not None
+    assert set(bundle.card["evaluation"]["autoencoder"]["judges_test_accuracy"]) == {"pitch_class", "octave", "style"}
+    low, high = bundle.pitch_range
+    wave = generate_note(bundle, (low + high) // 2, velocity=100)
+    # a few training steps make a quiet note, but a note: the bundle's length, finite, not silence
+    assert wave.shape == (bundle.n_samples,) and np.isfinite(wave).all() and np.sqrt(np.mean(wave ** 2)) > 1e-5
 
 
 def test_a_bundle_rebuilt_around_a_new_inverter_keeps_the_old_one(tiny_dataset, tmp_path):
@@ -48,4 +82,10 @@ def test_a_build_from_a_bundle_of_other_data_or_with_both_sources_is_refused(tin
                  "--config", str(bad)]) == 1
     err = capsys.readouterr().err.strip()
     assert "unknown build settings: mcnn" in err and len(err.splitlines()) == 1
-    assert not (tmp_path / "x").exists()
+    # a typo in a later stage's section is refused before the first stage runs
+    bad.write_text("finetune: {stepz: 3}\n")
+    assert main(["build-model", "--data", str(tiny_dataset), "--out", str(tmp_path / "x"), "--work",
+                 str(tmp_path / "w3"), "--config", str(bad)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "unknown fine-tuning settings: stepz" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x").exists() and not (tmp_path / "w3").exists()
