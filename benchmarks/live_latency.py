@@ -68,15 +68,8 @@ def start_jackd(name: str, realtime: bool = False, rate: int = RATE, period: int
 
 
 def pick_model(name: str | None) -> tuple[str, str]:
-    """The bundle to measure and what it is: gm-orchestra when trained, else a random test bundle."""
-    from waeserver.sound.bundle import MODELS_DIR, make_test_bundle
-
-    if name:
-        return name, name
-    if (MODELS_DIR / "gm-orchestra" / "card.yaml").is_file():
-        return "gm-orchestra", "gm-orchestra"
-    path = make_test_bundle(Path(tempfile.mkdtemp()) / "test-bundle")
-    return str(path), "random test bundle from make_test_bundle (gm-orchestra is not trained yet)"
+    """The bundle to measure and what it is: the one named, else the shipped gm-orchestra."""
+    return (name, name) if name else ("gm-orchestra", "gm-orchestra")
 
 
 def free_port() -> int:

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from bundles import make_test_bundle
 from pythonosc.osc_message import OscMessage
 
 from waeserver import __version__
@@ -29,7 +30,6 @@ from waeserver.live.config import validate
 from waeserver.live.daemon import Daemon
 from waeserver.live.osc import encode
 from waeserver.live.voices import PENDING, PLAYING, RELEASED
-from waeserver.sound.bundle import make_test_bundle
 
 RATE, PERIOD = 48000, 256
 

@@ -640,7 +640,7 @@ def test_controller_map_is_a_valid_daemon_config():
 
 @pytest.fixture(scope="module")
 def test_bundle(tmp_path_factory) -> Path:
-    from waeserver.sound.bundle import make_test_bundle
+    from bundles import make_test_bundle
 
     return make_test_bundle(tmp_path_factory.mktemp("models") / "test-bundle", styles=tuple(STYLES))
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from bundles import make_test_bundle
 from pythonosc.osc_message import OscMessage
 from test_daemon import RATE, Osc, Probe, free_port, longest_silence, start_jackd, stop
 
@@ -24,7 +25,7 @@ from waeserver.dsp.pitch import estimate_pitch
 from waeserver.live.config import validate
 from waeserver.live.daemon import Daemon
 from waeserver.live.note_files import render_note
-from waeserver.sound.bundle import load_bundle, make_test_bundle
+from waeserver.sound.bundle import load_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
 MB = 1.0   # render_dir_mb: three notes of the test bundle (285 kB each) fit, a fourth does not

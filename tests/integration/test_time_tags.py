@@ -9,10 +9,10 @@ import time
 import numpy as np
 import pytest
 import torch
+from bundles import make_test_bundle
 from test_daemon import RATE, pool_state, running
 
 from waeserver.live.timing import encode_bundle
-from waeserver.sound.bundle import make_test_bundle
 
 
 @pytest.fixture(scope="module")

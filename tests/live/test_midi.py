@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from waeserver.live.cache import Note
-from waeserver.live.midi import MidiControls, MidiSettings, curve_exponent, open_inputs, velocity_gain
-from waeserver.live.voices import FREE, PLAYING, RELEASED, VoicePool
+from waeserver.live.midi import MidiControls, MidiSettings, curve_exponent, open_inputs
+from waeserver.live.voices import FREE, PLAYING, RELEASED, VoicePool, velocity_gain
 
 RATE = 48000
 PERIOD = 256

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from bundles import make_test_bundle
 
 from waeserver.cli import render as render_command
 from waeserver.dsp.pitch import estimate_pitch
 from waeserver.live.offline import read_automation
-from waeserver.sound.bundle import make_test_bundle
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SHIPPED = Path(__file__).resolve().parents[2] / "models" / "gm-orchestra"

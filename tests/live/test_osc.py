@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from bundles import make_test_bundle
 from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
@@ -22,7 +23,7 @@ from waeserver.live.osc import ADDRESSES, Commands, encode
 from waeserver.live.osc_server import OscServer
 from waeserver.live.timing import encode_bundle
 from waeserver.live.voices import FREE, PLAYING
-from waeserver.sound.bundle import load_bundle, make_test_bundle
+from waeserver.sound.bundle import load_bundle
 
 ME = ("127.0.0.1", 40000)
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from bundles import make_test_bundle
 
 from waeserver.live.cache import RenderCache
 from waeserver.live.controls import ControlState
 from waeserver.live.notes import LOOP_S, VELOCITIES, layer_velocities, shape_note
 from waeserver.live.renderer import Renderer
 from waeserver.live.voices import FADING, FREE, PENDING, PLAYING, RELEASED, NotQueued, VoicePool
-from waeserver.sound.bundle import load_bundle, make_test_bundle
+from waeserver.sound.bundle import load_bundle
 
 RATE = 48000
 PERIOD = 256

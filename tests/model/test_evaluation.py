@@ -74,7 +74,9 @@ def test_evaluate_refuses_what_it_cannot_use(tiny_dataset, tiny_pair, tmp_path, 
             evaluate([tiny_pair / "wae-note"], tiny_dataset, tmp_path / "r", device="cpu", progress=False)
     finally:
         card.write_text(text)
-    from waeserver.sound.bundle import load_wae_or_bundle, make_test_bundle
+    from bundles import make_test_bundle
+
+    from waeserver.sound.bundle import load_wae_or_bundle
 
     bundle = make_test_bundle(tmp_path / "decoder-only", encoder=False)
     with pytest.raises(EvaluateError, match="no encoder"):

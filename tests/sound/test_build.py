@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import yaml
+from bundles import make_test_bundle
 
 from waeserver.cli import main
 from waeserver.sound import finetune
 from waeserver.sound.build import STAGES, BuildError, build_model
-from waeserver.sound.bundle import load_bundle, make_test_bundle
+from waeserver.sound.bundle import load_bundle
 from waeserver.sound.generate import generate_note
 
 TINY_INVERTER = {"kind": "harmonic", "steps": 2, "batch_size": 2, "crop_frames": 8, "log_every": 1,

@@ -7,6 +7,7 @@ import shutil
 import pytest
 import torch
 import yaml
+from bundles import make_test_bundle
 from safetensors.torch import load_file, save_file
 
 from waeserver.sound.bundle import (
@@ -14,7 +15,6 @@ from waeserver.sound.bundle import (
     WEIGHTS_FILE,
     BundleError,
     load_bundle,
-    make_test_bundle,
     resolve_bundle_path,
     save_bundle,
     sha256_of,

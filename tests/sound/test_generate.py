@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from bundles import make_test_bundle
 
 from waeserver.cli import main
 from waeserver.sound.bench import format_report, machine, pitch_accuracy, speed
-from waeserver.sound.bundle import load_bundle, make_test_bundle
+from waeserver.sound.bundle import load_bundle
 from waeserver.sound.generate import parse_style, parse_z
 
 

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from bundles import make_test_bundle
 from scipy.signal import resample_poly
 
 from waeserver.cli import main
 from waeserver.data.dataset import NoteDataset
-from waeserver.sound.bundle import load_bundle, make_test_bundle
+from waeserver.sound.bundle import load_bundle
 from waeserver.sound.transform import TransformError, encode, note_pitch, prepare_note
 
 

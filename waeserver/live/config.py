@@ -12,7 +12,22 @@ import ipaddress
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from waeserver.live.controls import (
+    BEND_MAX,
+    GAIN_MAX,
+    MIDI_CHANNELS,
+    MIDI_MAX,
+    POLYPHONY_MAX,
+    PORT_MAX,
+    RELEASE_MAX,
+    TARGETS,
+    ControlError,
+    number,
+    parse_target,
+    whole,
+)
 from waeserver.live.midi import curve_exponent
+from waeserver.model.devices import DEVICES, is_device_name
 from waeserver.plain import read_mapping
 
 
@@ -59,14 +74,14 @@ HELP = {
     "jack_server": "JACK server name (default $JACK_DEFAULT_SERVER or the default server)",
     "jack_connect": "connect out_1/out_2 to the first two system playback ports",
     "midi_inputs": "hardware MIDI input by name, glob or substring (repeat)",
-    "midi_channel": "MIDI channel 1..16, or 0 for every channel",
-    "cc_map": "controller to target, CC=TARGET with TARGET style:NAME, z:N, gain, release or bend_range (repeat)",
+    "midi_channel": f"MIDI channel 1..{MIDI_CHANNELS}, or 0 for every channel",
+    "cc_map": f"controller to target, CC=TARGET with TARGET {', '.join(TARGETS[:-1])} or {TARGETS[-1]} (repeat)",
     "programs": "program change to preset name, N=NAME (repeat; default: the preset named N)",
     "velocity_curve": "linear, soft, hard, or an exponent: gain = (velocity/127) ** exponent",
     "polyphony": "voices",
     "release": "release time in seconds",
     "bend_range": "pitch-bend range in semitones",
-    "gain": "master gain 0..2",
+    "gain": f"master gain 0..{GAIN_MAX:g}",
     "latency_budget_ms": "how long a note may wait for a fresh render before a stand-in plays",
     "render_batch": "notes per refill batch",
     "fader_jitter": "fader or latent change that leaves cached renders fresh",
@@ -91,34 +106,23 @@ def _pair_map(value, option: str, target_type) -> dict[int, str]:
     out = {}
     for key, name in value.items():
         try:
-            number = int(key)
+            n = int(key)
         except (TypeError, ValueError):
             raise ConfigError(f"{option}: {key!r} is not a number") from None
-        if not 0 <= number <= 127:
-            raise ConfigError(f"{option}: {number} is out of range 0..127")
+        whole(n, f"{option}:", 0, MIDI_MAX, ConfigError)
         if not isinstance(name, str) or not name:
-            raise ConfigError(f"{option}: {number} needs a name, got {name!r}")
-        out[number] = target_type(name)
+            raise ConfigError(f"{option}: {n} needs a name, got {name!r}")
+        out[n] = target_type(name)
     return out
 
 
-def _check_target(target: str) -> str:
-    kind, _, arg = target.partition(":")
-    if kind in ("gain", "release", "bend_range") and not arg:
-        return target
-    if kind == "style" and arg:
-        return target
-    if kind == "z" and arg.isdigit():
-        return target
-    raise ConfigError(f"cc_map: unknown target {target!r} (style:NAME, z:N, gain, release, bend_range)")
-
-
-def _number(value, option: str, kind, low, high):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
-        raise ConfigError(f"{option} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
-    if not low <= value <= high:
-        raise ConfigError(f"{option} {value} is out of range {low}..{high}")
-    return kind(value)
+def _cc_target(target: str) -> str:
+    """A target of the right form; whether the model has it is checked once it is loaded."""
+    try:
+        parse_target(target)
+    except ControlError as exc:
+        raise ConfigError(f"cc_map: {exc}") from None
+    return target
 
 
 def validate(values: dict) -> ServeConfig:
@@ -137,13 +141,13 @@ def validate(values: dict) -> ServeConfig:
         raise ConfigError("jack_server must be a name")
     if not isinstance(cfg.jack_connect, bool):
         raise ConfigError("jack_connect must be true or false")
-    if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
-        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+    if not is_device_name(cfg.device):
+        raise ConfigError(f"device must be {DEVICES}, got {cfg.device!r}")
     try:
         ipaddress.ip_address(cfg.osc_host)
     except ValueError:
         raise ConfigError(f"osc_host must be an IP address, got {cfg.osc_host!r}") from None
-    cfg.osc_port = _number(cfg.osc_port, "osc_port", int, 1, 65535)
+    cfg.osc_port = whole(cfg.osc_port, "osc_port", 1, PORT_MAX, ConfigError)
     for key in ("osc_allow", "midi_inputs"):
         value = getattr(cfg, key)
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
@@ -153,21 +157,21 @@ def validate(values: dict) -> ServeConfig:
             ipaddress.ip_address(addr)
         except ValueError:
             raise ConfigError(f"osc_allow: {addr!r} is not an IP address") from None
-    cfg.midi_channel = _number(cfg.midi_channel, "midi_channel", int, 0, 16)
-    cfg.cc_map = _pair_map(cfg.cc_map, "cc_map", _check_target)
+    cfg.midi_channel = whole(cfg.midi_channel, "midi_channel", 0, MIDI_CHANNELS, ConfigError)
+    cfg.cc_map = _pair_map(cfg.cc_map, "cc_map", _cc_target)
     cfg.programs = _pair_map(cfg.programs, "programs", str)
     try:
         curve_exponent(cfg.velocity_curve)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    cfg.polyphony = _number(cfg.polyphony, "polyphony", int, 1, 256)
-    cfg.release = _number(cfg.release, "release", float, 0.0, 30.0)
-    cfg.bend_range = _number(cfg.bend_range, "bend_range", float, 0.0, 48.0)
-    cfg.gain = _number(cfg.gain, "gain", float, 0.0, 2.0)
-    cfg.latency_budget_ms = _number(cfg.latency_budget_ms, "latency_budget_ms", float, 0.0, 1000.0)
-    cfg.render_batch = _number(cfg.render_batch, "render_batch", int, 1, 128)
-    cfg.fader_jitter = _number(cfg.fader_jitter, "fader_jitter", float, 0.0, 0.5)
-    cfg.render_dir_mb = _number(cfg.render_dir_mb, "render_dir_mb", float, 1.0, 1e6)
+    cfg.polyphony = whole(cfg.polyphony, "polyphony", 1, POLYPHONY_MAX, ConfigError)
+    cfg.release = number(cfg.release, "release", 0.0, RELEASE_MAX, ConfigError)
+    cfg.bend_range = number(cfg.bend_range, "bend_range", 0.0, BEND_MAX, ConfigError)
+    cfg.gain = number(cfg.gain, "gain", 0.0, GAIN_MAX, ConfigError)
+    cfg.latency_budget_ms = number(cfg.latency_budget_ms, "latency_budget_ms", 0.0, 1000.0, ConfigError)
+    cfg.render_batch = whole(cfg.render_batch, "render_batch", 1, 128, ConfigError)
+    cfg.fader_jitter = number(cfg.fader_jitter, "fader_jitter", 0.0, 0.5, ConfigError)
+    cfg.render_dir_mb = number(cfg.render_dir_mb, "render_dir_mb", 1.0, 1e6, ConfigError)
     return cfg
 
 

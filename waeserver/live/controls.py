@@ -2,8 +2,11 @@
 
 :class:`ControlState` is shared by the OSC server, the MIDI control thread, presets and the
 renderer. Every setter validates first and changes nothing when it raises :class:`ControlError`
-(whose message is what ``/fail`` carries). The audio thread never takes :attr:`ControlState.lock`:
-it reads ``gain``, ``release`` and ``bend_range`` as plain floats, which the setters replace whole.
+(whose message is what ``/fail`` carries). The C audio thread never sees it: the instrument copies
+``gain``, ``release`` and ``bend_range`` into the voice pool's parameters after each change.
+
+The limits of every control and MIDI value, and the checks that hold input to them, are here
+once: the configuration, the OSC table and MIDI use them, each with its own error class.
 """
 
 from __future__ import annotations
@@ -20,23 +23,75 @@ RELEASE_MAX = 30.0  # seconds
 BEND_MAX = 48.0     # semitones
 Z_MAX = 10.0        # |z| per dimension; the prior is a unit Gaussian
 Z_MODES = ("fixed", "per-note")
+TARGETS = ("style:NAME", "z:N", "gain", "release", "bend_range")   # what a MIDI CC can be bound to
+MIDI_MAX = 127      # a MIDI data byte: pitch, velocity, controller number or value, program
+CURVE_MIN, CURVE_MAX = 0.1, 10.0   # velocity curve exponents: gain = (velocity / MIDI_MAX) ** exponent
+MIDI_CHANNELS = 16
+POLYPHONY_MAX = 256
+PORT_MAX = 65535    # UDP
 
 
 class ControlError(ValueError):
     """A refused control change; the message is sent back with ``/fail``."""
 
 
-def finite(value, what: str, low: float, high: float) -> float:
-    """``value`` as a float within ``[low, high]``, or :class:`ControlError`."""
+def _shown(x) -> str:
+    """A number as the messages show it: whole ones without a point, others to 6 digits."""
+    if isinstance(x, int):
+        return str(x)
+    return str(int(x)) if x.is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
+def _got(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"a {type(value).__name__}"
+
+
+def in_range(v, what: str, low, high, error: type[Exception] = ControlError):
+    """``v`` if ``low <= v <= high``, else ``error`` ("what v is out of range low..high")."""
+    if not low <= v <= high:
+        raise error(f"{what} {_shown(v)} is out of range {_shown(low)}..{_shown(high)}")
+    return v
+
+
+def finite(value, what: str, low: float, high: float, error: type[Exception] = ControlError) -> float:
+    """``value`` (anything ``float()`` reads: presets, controller positions) as a finite float within
+    ``[low, high]``, or ``error``."""
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise ControlError(f"{what} must be a number, got {value!r}") from None
+        raise error(f"{what} must be a number, got {_got(value)}") from None
     if not math.isfinite(v):
-        raise ControlError(f"{what} must be finite, got {v}")
-    if not low <= v <= high:
-        raise ControlError(f"{what} {v:g} is out of range {low:g}..{high:g}")
-    return v
+        raise error(f"{what} must be finite, got {v}")
+    return in_range(v, what, low, high, error)
+
+
+def number(value, what: str, low: float, high: float, error: type[Exception] = ControlError) -> float:
+    """A number given as one (an int or a float, not a bool or a string: OSC arguments, config
+    values) as a finite float within ``[low, high]``, or ``error``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise error(f"{what} must be a number, got {_got(value)}")
+    return finite(value, what, low, high, error)
+
+
+def whole(value, what: str, low: int, high: int, error: type[Exception] = ControlError) -> int:
+    """An integer given as one (a whole float passes; not a bool or a string) within ``[low, high]``,
+    or ``error``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise error(f"{what} must be an integer, got {_got(value)}")
+    if isinstance(value, float) and not value.is_integer():
+        raise error(f"{what} must be a whole number, got {value}")
+    return in_range(int(value), what, low, high, error)
+
+
+def parse_target(target: str) -> tuple[str, str]:
+    """``(kind, argument)`` of a CC target written as one of :data:`TARGETS`, or :class:`ControlError`
+    (whether this model has the style or latent dimension is :meth:`ControlState.check_target`'s)."""
+    kind, _, arg = target.partition(":")
+    if (kind in ("gain", "release", "bend_range") and not arg) or (kind == "style" and arg) or \
+            (kind == "z" and arg.isdigit()):
+        return kind, arg
+    raise ControlError(f"unknown target {target!r} ({', '.join(TARGETS)})")
 
 
 class ControlState:
@@ -140,7 +195,7 @@ class ControlState:
         Targets: ``style:NAME`` (0..1; over-drive is for OSC), ``gain`` (0..2), ``release``
         (0..5 s), ``bend_range`` (0..24), ``z:N`` (-3..3).
         """
-        kind, _, arg = target.partition(":")
+        kind, arg = parse_target(target)
         if kind == "style":
             self.set_style(arg, unit)
         elif kind == "gain":
@@ -149,24 +204,18 @@ class ControlState:
             self.set_release(unit * 5.0)
         elif kind == "bend_range":
             self.set_bend_range(round(unit * 24.0))
-        elif kind == "z":
-            i = int(arg)
-            z = self.z.tolist()
-            z[i] = (unit * 2.0 - 1.0) * 3.0
-            self.set_z(z)
         else:
-            raise ControlError(f"unknown target {target!r}")
+            z = self.z.tolist()
+            z[int(arg)] = (unit * 2.0 - 1.0) * 3.0
+            self.set_z(z)
 
     def check_target(self, target: str) -> str:
         """``target`` if it names something :meth:`set_target` can set, else :class:`ControlError`."""
-        kind, _, arg = target.partition(":")
+        kind, arg = parse_target(target)
         if kind == "style":
             self.style_index(arg)
-        elif kind == "z":
-            if not arg.isdigit() or int(arg) >= self.latent_size:
-                raise ControlError(f"latent target {target!r} must be z:0..z:{self.latent_size - 1}")
-        elif kind not in ("gain", "release", "bend_range") or arg:
-            raise ControlError(f"unknown target {target!r} (style:NAME, z:N, gain, release, bend_range)")
+        elif kind == "z" and int(arg) >= self.latent_size:
+            raise ControlError(f"latent target {target!r} must be z:0..z:{self.latent_size - 1}")
         return target
 
     # --- snapshots (presets, model swaps) ----------------------------------------------------

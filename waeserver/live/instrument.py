@@ -16,12 +16,12 @@ import numpy as np
 from waeserver.live.cache import RenderCache
 from waeserver.live.config import ConfigError, ServeConfig
 from waeserver.live.controls import ControlError, ControlState
-from waeserver.live.midi import MidiControls, MidiSettings, curve_exponent, velocity_gain
+from waeserver.live.midi import MidiControls, MidiSettings, curve_exponent
 from waeserver.live.note_files import NoteFiles, render_note
 from waeserver.live.notes import layer_velocities
 from waeserver.live.presets import PresetError, PresetStore
 from waeserver.live.renderer import Renderer
-from waeserver.live.voices import VoicePool
+from waeserver.live.voices import VoicePool, velocity_gain
 
 log = logging.getLogger(__name__)
 

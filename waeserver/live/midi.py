@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from waeserver.live.controls import CURVE_MAX, CURVE_MIN, MIDI_MAX, in_range
 from waeserver.live.voices import NotQueued
 
 log = logging.getLogger(__name__)
@@ -24,21 +25,15 @@ CURVES = {"linear": 1.0, "soft": 0.5, "hard": 2.0}
 
 
 def curve_exponent(curve) -> float:
-    """A velocity curve (``linear``, ``soft``, ``hard`` or an exponent 0.1..10) as its exponent."""
+    """A velocity curve (``linear``, ``soft``, ``hard`` or an exponent 0.1..10) as its exponent
+    (:func:`waeserver.live.voices.velocity_gain` applies it)."""
     if isinstance(curve, str) and curve in CURVES:
         return CURVES[curve]
     try:
         e = float(curve)
     except (TypeError, ValueError):
         raise ValueError(f"velocity curve must be linear, soft, hard or an exponent, got {curve!r}") from None
-    if not 0.1 <= e <= 10.0:
-        raise ValueError(f"velocity curve exponent {e:g} is out of range 0.1..10")
-    return e
-
-
-def velocity_gain(velocity: int, exponent: float) -> float:
-    """MIDI velocity 1..127 to a gain 0..1: ``(velocity / 127) ** exponent``."""
-    return (max(0, min(127, velocity)) / 127.0) ** exponent
+    return in_range(e, "velocity curve exponent", CURVE_MIN, CURVE_MAX, ValueError)
 
 
 @dataclass
@@ -72,7 +67,7 @@ class MidiControls:
                 settings.cc_map = {**settings.cc_map, cc: target}
                 self.control(("learn", cc, target))
             elif cc in settings.cc_map:
-                self.control(("cc", settings.cc_map[cc], value / 127.0))
+                self.control(("cc", settings.cc_map[cc], value / MIDI_MAX))
         elif kind == 0xC0:
             self.control(("program", data[1]))
 

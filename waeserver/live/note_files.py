@@ -32,7 +32,7 @@ import soundfile as sf
 import torch
 
 from waeserver.dsp.resample import to_rate
-from waeserver.live.controls import ControlError
+from waeserver.live.controls import MIDI_MAX, ControlError
 from waeserver.live.notes import shape_note
 from waeserver.live.presets import PresetError, check_name
 
@@ -46,7 +46,7 @@ def render_note(bundle, pitch: int, velocity: int, styles: np.ndarray, z: np.nda
     """One note of ``bundle`` at ``rate`` Hz, ``[T]`` float32, as a voice would play it unlooped."""
     dev = bundle.device
     wave = bundle.synthesize(torch.tensor([pitch], dtype=torch.int64, device=dev),
-                             torch.tensor([velocity / 127.0], dtype=torch.float32, device=dev),
+                             torch.tensor([velocity / MIDI_MAX], dtype=torch.float32, device=dev),
                              torch.from_numpy(np.asarray(styles, np.float32)[None]).to(dev),
                              torch.from_numpy(np.asarray(z, np.float32)[None]).to(dev))
     wave = to_rate(wave.float().cpu().numpy(), bundle.sample_rate, rate)[0]

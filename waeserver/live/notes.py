@@ -14,6 +14,7 @@ import torch
 
 from waeserver.dsp.resample import to_rate
 from waeserver.live.cache import Note
+from waeserver.live.controls import MIDI_MAX
 from waeserver.live.voices import MAX_LAYERS
 
 FADE_IN_S = 0.001
@@ -36,7 +37,7 @@ def layer_velocities(bundle) -> tuple[int, ...]:
         return (VELOCITIES[-1],)
     given = (card.get("attributes") or {}).get("velocities")
     try:
-        found = sorted({int(v) for v in given if 1 <= int(v) <= 127 and int(v) == v})
+        found = sorted({int(v) for v in given if 1 <= int(v) <= MIDI_MAX and int(v) == v})
     except (TypeError, ValueError):
         found = []
     if not found:
@@ -135,7 +136,7 @@ def synthesize_notes(bundle, pitches: list[int], velocities, styles: np.ndarray,
     rows = lambda a: torch.from_numpy(np.repeat(a, counts, axis=0)).to(dev)  # noqa: E731  (each layer of a pitch)
     vel = [velocities[layer] for ls in layers for layer in ls]
     wave = bundle.synthesize(rows(np.asarray(pitches, np.int64)),
-                             torch.tensor(vel, dtype=torch.float32, device=dev).div(127), rows(styles), rows(zs))
+                             torch.tensor(vel, dtype=torch.float32, device=dev).div(MIDI_MAX), rows(styles), rows(zs))
     wave = to_rate(wave.float().cpu().numpy(), bundle.sample_rate, rate)
     starts = np.cumsum([0] + counts)
     return [shape_layers(wave[a:b], rate, lv) for a, b, lv in zip(starts[:-1], starts[1:], levels)]

@@ -13,37 +13,31 @@ UDP is waeserver.live.osc_server's.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 from waeserver import __version__
-from waeserver.live.controls import BEND_MAX, GAIN_MAX, RELEASE_MAX, STYLE_MAX, Z_MODES, ControlError, finite
+from waeserver.live.controls import (
+    BEND_MAX,
+    GAIN_MAX,
+    MIDI_MAX,
+    PORT_MAX,
+    RELEASE_MAX,
+    STYLE_MAX,
+    TARGETS,
+    Z_MAX,
+    Z_MODES,
+    ControlError,
+    number,
+    whole,
+)
 from waeserver.live.voices import NotQueued
 
 log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
-
-
-def osc_int(value, what: str, low: int, high: int) -> int:
-    """An OSC int argument (a whole float is accepted) within ``[low, high]``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ControlError(f"{what} must be an int, got {type(value).__name__}")
-    if isinstance(value, float) and (not math.isfinite(value) or value != int(value)):
-        raise ControlError(f"{what} must be a whole number, got {value}")
-    value = int(value)
-    if not low <= value <= high:
-        raise ControlError(f"{what} {value} is out of range {low}..{high}")
-    return value
-
-
-def osc_float(value, what: str, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ControlError(f"{what} must be a float, got {type(value).__name__}")
-    return finite(value, what, low, high)
 
 
 def osc_str(value, what: str) -> str:
@@ -92,7 +86,7 @@ ADDRESSES: dict[str, OscSpec] = {
     "/wae/gain": OscSpec(r"f", "f gain", f"master gain, 0 to {GAIN_MAX:g}"),
     "/wae/release": OscSpec(r"f", "f seconds", f"release time, 0 to {RELEASE_MAX:g} s"),
     "/wae/bend_range": OscSpec(r"f", "f semitones", f"pitch-bend range, 0 to {BEND_MAX:g} semitones"),
-    "/wae/learn": OscSpec(r"s", "s target (`style:NAME`, `z:N`, `gain`, `release`, `bend_range`)",
+    "/wae/learn": OscSpec(r"s", "s target (" + ", ".join(f"`{t}`" for t in TARGETS) + ")",
                           "bind the next MIDI CC moved to that target"),
     "/wae/preset/save": OscSpec(r"s", "s name", "snapshot every control to `preset_dir/NAME.yaml`"),
     "/wae/preset/load": OscSpec(r"s", "s name", "recall a preset"),
@@ -192,7 +186,7 @@ class Commands:
 
     # --- notes ---------------------------------------------------------------------------------
     def _pitch(self, value) -> int:
-        pitch = osc_int(value, "pitch", 0, 127)
+        pitch = whole(value, "pitch", 0, MIDI_MAX)
         low, high = self.inst.cache.low, self.inst.cache.high
         if not low <= pitch <= high:
             raise ControlError(f"pitch {pitch} is outside the model's range {low}..{high}")
@@ -200,15 +194,15 @@ class Commands:
 
     def note(self, args, sender):
         pitch = self._pitch(args[0])
-        velocity = osc_int(args[1], "velocity", 1, 127) if len(args) > 1 else 100
+        velocity = whole(args[1], "velocity", 1, MIDI_MAX) if len(args) > 1 else 100
         hold = -1
         if len(args) > 2:
-            hold = max(1, int(osc_float(args[2], "duration", 0.001, 3600.0) * self.inst.pool.rate))
+            hold = max(1, int(number(args[2], "duration", 0.001, 3600.0) * self.inst.pool.rate))
         self.inst.pool.note_on(pitch, self.inst.velocity_gain(velocity), hold, velocity)
 
     def noteon(self, args, sender):
         pitch = self._pitch(args[0])
-        velocity = osc_int(args[1], "velocity", 0, 127)
+        velocity = whole(args[1], "velocity", 0, MIDI_MAX)
         if velocity == 0:
             self.inst.pool.note_off(pitch)
         else:
@@ -222,37 +216,37 @@ class Commands:
 
     # --- controls ------------------------------------------------------------------------------
     def style(self, args, sender):
-        self.inst.state.set_style(osc_str(args[0], "style name"), osc_float(args[1], "style value", 0.0, 2.0))
+        self.inst.state.set_style(osc_str(args[0], "style name"), number(args[1], "style value", 0.0, STYLE_MAX))
 
     def styles(self, args, sender):
-        self.inst.state.set_styles([osc_float(v, "style value", 0.0, 2.0) for v in args])
+        self.inst.state.set_styles([number(v, "style value", 0.0, STYLE_MAX) for v in args])
 
     def mix(self, args, sender):
         if len(args) % 2:
             raise ControlError("expected name, weight pairs")
         weights = {}
         for name, w in zip(args[0::2], args[1::2]):
-            weights[osc_str(name, "style name")] = osc_float(w, "style value", 0.0, 2.0)
+            weights[osc_str(name, "style name")] = number(w, "style value", 0.0, STYLE_MAX)
         self.inst.state.set_mix(weights)
 
     def z(self, args, sender):
-        self.inst.state.set_z([osc_float(v, "z", -10.0, 10.0) for v in args])
+        self.inst.state.set_z([number(v, "z", -Z_MAX, Z_MAX) for v in args])
 
     def z_random(self, args, sender):
-        seed = osc_int(args[0], "seed", 0, 2**31 - 1) if args else None
+        seed = whole(args[0], "seed", 0, 2**31 - 1) if args else None
         self.inst.state.random_z(seed)
 
     def z_mode(self, args, sender):
         self.inst.state.set_z_mode(osc_str(args[0], "z mode"))
 
     def gain(self, args, sender):
-        self.inst.state.set_gain(osc_float(args[0], "gain", 0.0, 2.0))
+        self.inst.state.set_gain(number(args[0], "gain", 0.0, GAIN_MAX))
 
     def release(self, args, sender):
-        self.inst.state.set_release(osc_float(args[0], "release", 0.0, 30.0))
+        self.inst.state.set_release(number(args[0], "release", 0.0, RELEASE_MAX))
 
     def bend_range(self, args, sender):
-        self.inst.state.set_bend_range(osc_float(args[0], "bend range", 0.0, 48.0))
+        self.inst.state.set_bend_range(number(args[0], "bend range", 0.0, BEND_MAX))
 
     def learn(self, args, sender):
         self.inst.learn(self.inst.state.check_target(osc_str(args[0], "learn target")))
@@ -285,7 +279,7 @@ class Commands:
         """``/wae/render name pitch [velocity]``: replied when the file is written (at once offline)."""
         name = osc_str(args[0], "render name")
         pitch = self._pitch(args[1])
-        velocity = osc_int(args[2], "velocity", 1, 127) if len(args) > 2 else 100
+        velocity = whole(args[2], "velocity", 1, MIDI_MAX) if len(args) > 2 else 100
         dest, now = self.reply_to(sender), []
 
         def done(path, frames, rate, error) -> None:
@@ -316,8 +310,8 @@ class Commands:
 
     # --- session -------------------------------------------------------------------------------
     def notify(self, args, sender):
-        on = osc_int(args[0], "notify", 0, 1)
-        port = osc_int(args[1], "port", 1, 65535) if len(args) > 1 else None
+        on = whole(args[0], "notify", 0, 1)
+        port = whole(args[1], "port", 1, PORT_MAX) if len(args) > 1 else None
         if sender is None:
             return None
         if on:
@@ -327,5 +321,5 @@ class Commands:
         return None
 
     def sync(self, args, sender):
-        token = osc_int(args[0], "sync id", -2**31, 2**31 - 1)
+        token = whole(args[0], "sync id", -2**31, 2**31 - 1)
         self.inst.sync((self.reply_to(sender), token))

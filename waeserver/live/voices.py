@@ -45,6 +45,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from waeserver.live.controls import MIDI_MAX
+
 N_PITCHES = 128
 MAX_LAYERS = 8
 MAX_SLOTS = 4096
@@ -55,6 +57,12 @@ FREE, PENDING, PLAYING, RELEASED, FADING = range(5)
 NOTE_ON, NOTE_OFF, SUSTAIN, BEND, PANIC, ALL_OFF, SYNC, PUBLISH, CLEAR, MIDI, LAYERS = range(1, 12)
 E_GO, E_END, E_SYNCED, E_FREED, E_CONTROL = range(1, 6)
 R_RENDER, R_TAKEN = 1, 2
+
+
+def velocity_gain(velocity: int, exponent: float) -> float:
+    """MIDI velocity 0..127 to a gain 0..1 through the velocity curve ``(velocity / 127) ** exponent``:
+    OSC notes are given it, MIDI notes take it from the pool's table (:meth:`VoicePool.set_velocity_curve`)."""
+    return (max(0, min(MIDI_MAX, velocity)) / MIDI_MAX) ** exponent
 
 
 class NotQueued(RuntimeError):
@@ -227,9 +235,9 @@ class VoicePool:
                          lambda self, v: setattr(self.params, "budget_ms", float(v)))
 
     def set_velocity_curve(self, exponent: float) -> None:
-        """MIDI velocity 1..127 to gain: ``(velocity / 127) ** exponent``."""
-        for v in range(128):
-            self.params.velocity[v] = (v / 127.0) ** exponent
+        """The gain of each MIDI velocity for the notes the pool parses itself (:func:`velocity_gain`)."""
+        for v in range(MIDI_MAX + 1):
+            self.params.velocity[v] = velocity_gain(v, exponent)
 
     def set_channel(self, channel: int) -> None:
         """Take MIDI notes from ``channel`` 1..16 only, or from every channel (0)."""
