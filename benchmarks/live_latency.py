@@ -78,11 +78,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_daemon(model: str, server: str, port: int, *extra: str) -> subprocess.Popen:
-    """``waeserver serve`` as its own process; returns once it answers OSC."""
-    proc = subprocess.Popen([sys.executable, "-m", "waeserver.live.daemon", "--model", model, "--jack-server", server,
-                             "--osc-port", str(port), "--no-jack-connect", "--preset-dir", tempfile.mkdtemp(), *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def start_daemon(model: str, server: str, port: int, *extra: str, log: Path | None = None) -> subprocess.Popen:
+    """``waeserver serve`` as its own process; returns once it answers OSC. ``log`` keeps what it logs."""
+    with open(log or os.devnull, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "waeserver", "serve", "--model", model, "--jack-server", server,
+                                 "--osc-port", str(port), "--no-jack-connect", "--preset-dir", tempfile.mkdtemp(),
+                                 *extra], stdout=out, stderr=subprocess.STDOUT)
     osc = Osc(port)
     deadline = time.monotonic() + 120
     while True:
@@ -90,7 +91,7 @@ def start_daemon(model: str, server: str, port: int, *extra: str) -> subprocess.
         if osc.wait("/wae/status.reply", 0.5) is not None:
             break
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit("the daemon did not start")
+            raise SystemExit("the daemon did not start" + (f": {log.read_text()[-2000:]}" if log else ""))
     osc.close()
     return proc
 

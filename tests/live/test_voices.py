@@ -508,3 +508,31 @@ def test_actions_posted_for_a_frame_are_held_until_it(engine):
     play(pool, 1)
     assert pool.stats.timed_late == late + 1
     assert next(v for v in pool.voices if v.pitch == 64).on_frame == start + 5 * PERIOD
+
+
+def test_a_take_copies_the_input_from_the_next_period_until_full_then_stops():
+    """The take of live sampling (``voices_capture``, which JACK's callback runs on in_1 after each
+    period): armed, it starts at the period after, takes exactly the frames asked for, and leaves
+    a later input alone; a new take replaces it."""
+    pool = VoicePool(RATE)
+    out = np.zeros(PERIOD, np.float32)
+    take = np.full(600, -1.0, np.float32)
+    pool.capture(np.ones(PERIOD, np.float32))   # nothing armed: nothing taken
+    pool.record(take, 3)
+    assert pool.take()[:2] == (0, 0)             # not before the next period
+    pool.run(out)
+    first = pool.stats.frame - PERIOD
+    for i in range(4):
+        pool.capture(np.arange(PERIOD, dtype=np.float32) + i * PERIOD)
+        if i == 0:
+            assert pool.take()[:3] == (3, PERIOD, first)
+    take_id, got, _, start_ns, done_ns = pool.take()
+    assert (take_id, got) == (3, 600) and 0 < start_ns <= done_ns
+    np.testing.assert_array_equal(take, np.arange(600))
+    again = np.zeros(100, np.float32)
+    pool.record(again, 4)
+    pool.run(out)
+    pool.capture(np.full(PERIOD, 2.0, np.float32))
+    assert pool.take()[:2] == (4, 100) and (again == 2.0).all() and take[-1] == 599
+    with pytest.raises(ValueError):
+        pool.record(np.zeros(10), 5)             # float64

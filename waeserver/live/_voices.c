@@ -1,7 +1,8 @@
 /* The voice pool in C: the whole real-time path of waeserver, with no interpreter in it.
  *
  * JACK calls jack_process on its process thread; it reads the period's MIDI, mixes the sounding
- * voices from renders already published, and writes both outputs. Python never runs on that
+ * voices from renders already published, and writes both outputs (and, while a take for live
+ * sampling is armed, copies in_1 into it: voices_capture). Python never runs on that
  * thread, so no Python thread (renderer, OSC, control, garbage collector) can delay it by holding
  * the interpreter lock. The offline renderer and the tests call voices_process with the same
  * events instead.
@@ -61,7 +62,8 @@
 #define LIMIT_RELEASE_S 0.3
 
 enum { FREE, PENDING, PLAYING, RELEASED, FADING };
-enum { C_NOTE_ON = 1, C_NOTE_OFF, C_SUSTAIN, C_BEND, C_PANIC, C_ALL_OFF, C_SYNC, C_PUBLISH, C_CLEAR, C_MIDI, C_LAYERS };
+enum { C_NOTE_ON = 1, C_NOTE_OFF, C_SUSTAIN, C_BEND, C_PANIC, C_ALL_OFF, C_SYNC, C_PUBLISH, C_CLEAR, C_MIDI, C_LAYERS,
+       C_RECORD };
 enum { E_GO = 1, E_END, E_SYNCED, E_FREED, E_CONTROL };
 enum { R_RENDER = 1, R_TAKEN };
 
@@ -137,6 +139,12 @@ typedef struct {
     int32_t n_timed, n_due;
     int64_t timed_seq;
     Command due[MAX_TIMED];              /* this period's, in order, at their offsets */
+    /* The take (live sampling, see voices_capture): in_1 copied into a buffer Python allocated and
+     * keeps alive, armed by C_RECORD. take_got is the audio thread's (Python reads it); take_id says
+     * whose take it counts, stored after take_got is reset. */
+    float *take;
+    int64_t take_want, take_got, take_from, take_start_ns, take_done_ns;
+    int32_t take_id, take_pad;
     /* The clock of the current period, for Python to map times to frames (voices_anchor): its first
      * frame, when JACK's DLL puts that frame (CLOCK_MONOTONIC ns), the DLL's period; a seqlock. */
     uint32_t anchor_seq;
@@ -147,7 +155,7 @@ typedef struct {
     Request requests[REQUEST_RING];
     float *buf, *src, *old, *tmp;
     /* JACK */
-    void *out_1, *out_2, *midi_in;
+    void *out_1, *out_2, *midi_in, *in_1;
     port_buffer_fn port_buffer;
     midi_count_fn midi_count;
     midi_get_fn midi_get;
@@ -602,6 +610,13 @@ static void apply(Pool *p, const Command *c, int at) {
     case C_SYNC: emit(p, E_SYNCED, c->a, 0, 0); break;
     case C_PUBLISH: publish(p, c->a, c->b, c->c, c->d, c); break;
     case C_LAYERS: set_layers(p, c->a); break;
+    case C_RECORD:   /* a new take (or none: y 0) from this period's first frame */
+        p->take = (float *)(intptr_t)c->x;
+        p->take_want = c->x ? c->y : 0;
+        __atomic_store_n(&p->take_got, 0, __ATOMIC_RELAXED);
+        p->take_from = p->stats.frame;
+        __atomic_store_n(&p->take_id, c->a, __ATOMIC_RELEASE);
+        break;
     case C_CLEAR:
         for (int i = 0; i < N_PITCHES; i++)
             for (int l = 0; l < MAX_LAYERS; l++) { unref(p, p->current[i][l]); p->current[i][l] = -1; }
@@ -890,6 +905,32 @@ static int64_t now_ns(void) {
     return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
 }
 
+/* The period's n input frames into the armed take, if any (JACK's in_1 after each period; the tests
+ * call it directly): a copy and nothing else. The take is let go once full. */
+void voices_capture(Pool *p, const float *in, int n) {
+    if (!p->take) return;
+    int64_t got = p->take_got, k = p->take_want - got < n ? p->take_want - got : n;
+    if (got == 0) p->take_start_ns = now_ns();
+    memcpy(p->take + got, in, (size_t)k * sizeof(float));
+    if (got + k == p->take_want) {
+        p->take = NULL;
+        p->take_done_ns = now_ns();
+    }
+    __atomic_store_n(&p->take_got, got + k, __ATOMIC_RELEASE);
+}
+
+/* The take's progress: its id (that of the latest C_RECORD applied; 0 none), frames captured so far
+ * (the take is complete when they are those asked for), its first pool frame, and when its first and
+ * last periods were copied (CLOCK_MONOTONIC ns; valid once it is complete). */
+int64_t voices_take(Pool *p, int32_t *id, int64_t *from, int64_t *start_ns, int64_t *done_ns) {
+    *id = __atomic_load_n(&p->take_id, __ATOMIC_ACQUIRE);
+    int64_t got = __atomic_load_n(&p->take_got, __ATOMIC_ACQUIRE);
+    *from = p->take_from;
+    *start_ns = p->take_start_ns;
+    *done_ns = p->take_done_ns;
+    return got;
+}
+
 /* Re-anchored every period from JACK's DLL, which follows the sound card's clock: a time maps to
  * the frame the card plays then, however the two clocks drift apart. */
 static void anchor(Pool *p, uint32_t frames) {
@@ -934,6 +975,7 @@ static int jack_process(uint32_t frames, void *arg) {
     anchor(p, frames);
     voices_process(p, out_1, (int)frames, p->midi, n_events);
     memcpy(out_2, out_1, frames * sizeof(float));
+    if (p->take) voices_capture(p, p->port_buffer(p->in_1, frames), (int)frames);
     p->stats.took_ns[p->stats.calls % TIMED_PERIODS] = now_ns() - t0;
     p->stats.calls++;
     return 0;
@@ -976,7 +1018,7 @@ int voices_thread_mode(Pool *p) {
 }
 
 /* Make p the process callback of a JACK client (before it is activated); 0 on success. */
-int voices_attach_jack(Pool *p, void *client, void *out_1, void *out_2, void *midi_in) {
+int voices_attach_jack(Pool *p, void *client, void *out_1, void *out_2, void *midi_in, void *in_1) {
     void *lib = dlopen("libjack.so.0", RTLD_NOW | RTLD_NOLOAD);
     if (!lib) lib = dlopen("libjack.so.0", RTLD_NOW);
     if (!lib) return -1;
@@ -990,7 +1032,7 @@ int voices_attach_jack(Pool *p, void *client, void *out_1, void *out_2, void *mi
     if (!p->port_buffer || !p->midi_count || !p->midi_get || !set_process || !set_thread_init || !p->cycle_times
         || !p->jack_time) return -2;
     p->client = client;
-    p->out_1 = out_1; p->out_2 = out_2; p->midi_in = midi_in;
+    p->out_1 = out_1; p->out_2 = out_2; p->midi_in = midi_in; p->in_1 = in_1;
     p->thread_nice = p->thread_known = 0;
     if (set_thread_init(client, jack_thread_init, p) != 0) return -3;
     return set_process(client, jack_process, p);

@@ -1,6 +1,6 @@
 """The instrument: everything that makes sound around one bundle, without any transport.
 
-Controls, render cache, renderer, voices, MIDI parsing, presets and note files. ``serve``
+Controls, render cache, renderer, voices, MIDI parsing, presets, note files and sampling. ``serve``
 (waeserver.live.daemon) puts JACK, OSC, hardware MIDI inputs and a control thread around it;
 ``render`` (waeserver.live.offline) drives the same instrument on a virtual clock.
 """
@@ -21,6 +21,7 @@ from waeserver.live.note_files import NoteFiles, render_note
 from waeserver.live.notes import layer_velocities
 from waeserver.live.presets import PresetError, PresetStore
 from waeserver.live.renderer import Renderer
+from waeserver.live.sampling import Sampler
 from waeserver.live.voices import VoicePool, velocity_gain
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class Instrument:
         self.pool.gain, self.pool.release, self.pool.bend_range = cfg.gain, cfg.release, cfg.bend_range
         self.presets = PresetStore(cfg.preset_dir)
         self.note_files = NoteFiles(cfg.render_dir, cfg.render_dir_mb, threaded=False)   # the daemon: a thread
+        self.sampler = Sampler(self.pool, self.state)
         self._file_rng = np.random.default_rng(seed)   # per-note z of /wae/render (the renderer's is its thread's)
         self.controls: deque[tuple] = deque()   # from MIDI parsers, for the control thread
         self.midi_settings = MidiSettings(cfg.midi_channel, curve_exponent(cfg.velocity_curve), dict(cfg.cc_map))
@@ -128,6 +130,21 @@ class Instrument:
             z = self._file_rng.standard_normal(len(z)).astype(np.float32)
         bundle, rate = self.bundle, self.renderer.rate
         self.note_files.submit(lambda: (render_note(bundle, pitch, velocity, styles, z, rate), rate), path, done)
+
+    def sample(self, seconds: float, done) -> None:
+        """``/wae/sample/record``: ``seconds`` of JACK's ``in_1`` to the latent point, on the sampler's
+        thread; ``done(point, error)`` (see waeserver.live.sampling)."""
+        audio = self.audio
+        if self.pool.refusing:
+            raise ControlError(self.pool.refusing)
+        if audio is None or audio.client is None or audio.gone:
+            raise ControlError("no audio input here: /wae/sample/record records from the live daemon's JACK in_1")
+        self.sampler.record(self.bundle, seconds, self.pool.rate, done)
+
+    def encode_file(self, path: str, done) -> None:
+        """``/wae/encode``: the note of sound file ``path`` to the latent point; ``done(point, error)``,
+        from the sampler's thread live, at once offline."""
+        self.sampler.encode_file(self.bundle, path, done, threaded=self.audio is not None)
 
     def load_model(self, path: str, done) -> None:
         self.renderer.load_model(path, self.cfg.device, done)

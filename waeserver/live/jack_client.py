@@ -1,10 +1,12 @@
-"""The JACK client: audio outputs ``out_1``/``out_2``, MIDI input ``midi_in``, and the process callback.
+"""The JACK client: audio outputs ``out_1``/``out_2``, MIDI input ``midi_in``, audio input ``in_1``
+(live sampling), and the process callback.
 
 The process callback is the C voice pool's (``jack_process`` in ``_voices.c``): it reads the
 period's MIDI from ``midi_in`` at its frame offsets, mixes the voices from renders already
-published, and writes the same mono mix to both outputs. No Python runs on JACK's process thread,
-so no Python thread can hold it up. Python only opens the client, and hears about xruns and a
-server that went away on JACK's notification thread.
+published, and writes the same mono mix to both outputs; while a take is armed
+(``/wae/sample/record``, waeserver.live.sampling) it copies ``in_1``'s period into it. No Python
+runs on JACK's process thread, so no Python thread can hold it up. Python only opens the
+client, and hears about xruns and a server that went away on JACK's notification thread.
 """
 
 from __future__ import annotations
@@ -66,9 +68,10 @@ class JackAudio:
         self.out_1 = client.outports.register("out_1")
         self.out_2 = client.outports.register("out_2")
         self.midi_in = client.midi_inports.register("midi_in")
+        self.in_1 = client.inports.register("in_1")
         if self.pool.rate != client.samplerate:
             self.pool.set_rate(client.samplerate)
-        self.pool.attach_jack(client, self.out_1, self.out_2, self.midi_in)
+        self.pool.attach_jack(client, self.out_1, self.out_2, self.midi_in, self.in_1)
         client.set_xrun_callback(self._xrun)
         client.set_shutdown_callback(self._shutdown)
         self.client = client

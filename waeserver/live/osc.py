@@ -33,6 +33,7 @@ from waeserver.live.controls import (
     number,
     whole,
 )
+from waeserver.live.sampling import RECORD_MAX_S, RECORD_MIN_S
 from waeserver.live.voices import NotQueued
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,18 @@ ADDRESSES: dict[str, OscSpec] = {
     "/wae/render": OscSpec(r"sii?", "s name, i pitch, [i velocity=100]",
                            "render one note with the current controls to `render_dir/NAME.wav`",
                            "`/wae/render.reply` s name, s absolute path, i frames, i sample_rate"),
+    "/wae/encode": OscSpec(r"s", "s path",
+                           "encode the note of a sound file on the server's machine (WAV, FLAC or AIFF, any rate) "
+                           "and set the latent point from it", "`/wae/encode.reply` f ... (the latent point)"),
+    "/wae/sample/record": OscSpec(r"f", f"f seconds ({RECORD_MIN_S:g} to {RECORD_MAX_S:g})",
+                                  "record that long from JACK's `in_1` (from the next period), encode the note "
+                                  "it holds and set the latent point", "`/wae/sample.reply` f ... (the latent point)"),
 }
+
+
+def sampled(answer: Callable[[tuple], None], address: str, reply: str) -> Callable[[list | None, str | None], None]:
+    """The sampler's ``done(point, error)`` answering ``address``: ``reply`` with the point, or ``/fail``."""
+    return lambda point, error: answer(("/fail", [address, error]) if error else (reply, point))
 
 
 class Commands:
@@ -152,6 +164,8 @@ class Commands:
             "/wae/sync": (self.sync, 1, 1, False),
             "/wae/version": (self.version, 0, 0, False),
             "/wae/render": (self.render, 2, 3, False),
+            "/wae/encode": (self.encode_file, 1, 1, False),
+            "/wae/sample/record": (self.sample_record, 1, 1, False),
         }
 
     def report_late(self, seconds: float, address: str) -> None:
@@ -280,17 +294,40 @@ class Commands:
         name = osc_str(args[0], "render name")
         pitch = self._pitch(args[1])
         velocity = whole(args[2], "velocity", 1, MIDI_MAX) if len(args) > 2 else 100
+
+        def run(answer):
+            def done(path, frames, rate, error) -> None:
+                answer(("/fail", ["/wae/render", error]) if error else
+                       ("/wae/render.reply", [name, str(path), frames, rate]))
+
+            self.inst.render_file(name, pitch, velocity, done)
+
+        return self._answer(sender, run)
+
+    def encode_file(self, args, sender):
+        """``/wae/encode path``: replied with the latent point once set (at once offline)."""
+        path = osc_str(args[0], "path")
+        return self._answer(sender, lambda answer: self.inst.encode_file(path, sampled(answer, "/wae/encode",
+                                                                                      "/wae/encode.reply")))
+
+    def sample_record(self, args, sender):
+        """``/wae/sample/record seconds``: replied with the latent point once the take is encoded and set."""
+        seconds = number(args[0], "seconds", RECORD_MIN_S, RECORD_MAX_S)
+        return self._answer(sender, lambda answer: self.inst.sample(seconds, sampled(answer, "/wae/sample/record",
+                                                                                     "/wae/sample.reply")))
+
+    def _answer(self, sender, run) -> list:
+        """``run(answer)`` starts work that calls ``answer(reply)`` once: before the handler returns
+        (offline, a file written at once) it is an ordinary reply, later it is sent to the sender."""
         dest, now = self.reply_to(sender), []
 
-        def done(path, frames, rate, error) -> None:
-            reply = ("/fail", ["/wae/render", error]) if error else \
-                ("/wae/render.reply", [name, str(path), frames, rate])
+        def answer(reply) -> None:
             if now is not None:
-                now.append(reply)     # written before the handler returned: an ordinary reply
+                now.append(reply)
             elif dest is not None:
                 self.send(dest, *reply)
 
-        self.inst.render_file(name, pitch, velocity, done)
+        run(answer)
         replies, now = now, None
         return replies
 

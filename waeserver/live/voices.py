@@ -54,7 +54,7 @@ LATENCY_SLOTS = 256
 TIMED_PERIODS = 4096
 
 FREE, PENDING, PLAYING, RELEASED, FADING = range(5)
-NOTE_ON, NOTE_OFF, SUSTAIN, BEND, PANIC, ALL_OFF, SYNC, PUBLISH, CLEAR, MIDI, LAYERS = range(1, 12)
+NOTE_ON, NOTE_OFF, SUSTAIN, BEND, PANIC, ALL_OFF, SYNC, PUBLISH, CLEAR, MIDI, LAYERS, RECORD = range(1, 13)
 E_GO, E_END, E_SYNCED, E_FREED, E_CONTROL = range(1, 6)
 R_RENDER, R_TAKEN = 1, 2
 
@@ -137,7 +137,8 @@ def _load() -> ctypes.CDLL:
         ("voices_queued", ctypes.c_int, [p, p, ctypes.c_int]), ("voices_events", ctypes.c_int, [p, p, ctypes.c_int]),
         ("voices_requests", ctypes.c_int, [p, p, ctypes.c_int]), ("voices_has_requests", ctypes.c_int, [p]),
         ("voices_process", None, [p, p, ctypes.c_int, p, ctypes.c_int]),
-        ("voices_attach_jack", ctypes.c_int, [p, p, p, p, p]), ("voices_thread_mode", ctypes.c_int, [p]),
+        ("voices_attach_jack", ctypes.c_int, [p, p, p, p, p, p]), ("voices_thread_mode", ctypes.c_int, [p]),
+        ("voices_capture", None, [p, p, ctypes.c_int]), ("voices_take", i64, [p, p, p, p, p]),
     ]:
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = res, args
@@ -484,13 +485,39 @@ class VoicePool:
             raise ValueError("out must be a writeable contiguous float32 array")
         _lib.voices_process(self._p, out.ctypes.data, len(out), cmds, len(cmds))
 
+    # --- takes (live sampling: waeserver.live.sampling) -------------------------------------------
+    def record(self, take: np.ndarray | None, take_id: int) -> None:
+        """From the next period, JACK copies in_1 into ``take`` (float32, as many frames as it holds)
+        as take ``take_id`` (> 0); None stops any take. The caller keeps ``take`` alive until
+        :meth:`take` counts it full, or another take has replaced it."""
+        if take is not None and (take.dtype != np.float32 or not take.flags.c_contiguous or len(take) < 1):
+            raise ValueError("a take must be a non-empty contiguous float32 array")
+        pointer, frames = (0, 0) if take is None else (take.ctypes.data, len(take))
+        with self._lock:
+            if not _lib.voices_command(self._p, RECORD, 0, int(take_id), 0, 0, 0, pointer, frames, 0.0, -1):
+                self._refuse("the voice pool's queue is full: take dropped")
+
+    def take(self) -> tuple[int, int, int, int, int]:
+        """``(id, frames, first frame, start ns, done ns)`` of the latest take armed: its id (0 none
+        yet), the frames captured so far, its first pool frame, and the ``time.monotonic_ns()`` of the
+        periods that began and completed it (once it is complete)."""
+        take_id, first, start, done = ctypes.c_int32(), ctypes.c_int64(), ctypes.c_int64(), ctypes.c_int64()
+        got = _lib.voices_take(self._p, *map(ctypes.byref, (take_id, first, start, done)))
+        return take_id.value, int(got), first.value, start.value, done.value
+
+    def capture(self, frames: np.ndarray) -> None:
+        """``frames`` (float32) into the armed take, as JACK's in_1 after a period (tests, offline)."""
+        frames = np.ascontiguousarray(frames, np.float32)
+        _lib.voices_capture(self._p, frames.ctypes.data, len(frames))
+
     # --- JACK ----------------------------------------------------------------------------------
-    def attach_jack(self, client, out_1, out_2, midi_in) -> None:
+    def attach_jack(self, client, out_1, out_2, midi_in, in_1) -> None:
         """Be the process callback of a JACK-Client ``client`` (before it is activated)."""
         import jack
 
         address = lambda obj: int(jack._ffi.cast("uintptr_t", obj._ptr))  # noqa: E731
-        rc = _lib.voices_attach_jack(self._p, address(client), address(out_1), address(out_2), address(midi_in))
+        rc = _lib.voices_attach_jack(self._p, address(client), address(out_1), address(out_2), address(midi_in),
+                                     address(in_1))
         if rc != 0:
             raise OSError(f"cannot set the JACK process callback ({rc})")
         self._jack = client
