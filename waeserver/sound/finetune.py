@@ -21,7 +21,7 @@ from torch import nn
 
 from waeserver.dsp.pitch import midi_to_f0
 from waeserver.model.training_run import RunFolder, clipped_step, run_steps, save_weights, step_settings
-from waeserver.model.wae import WAE
+from waeserver.model.wae import WAE, style_onehot
 from waeserver.plain import from_plain
 from waeserver.sound.inverter_training import load_split
 from waeserver.sound.inverters import describe
@@ -52,7 +52,7 @@ def note_tensors(ds, split: str, n_styles: int) -> dict[str, torch.Tensor]:
     labels = ds.labels(ds.indices(split))
     return {"mel": torch.from_numpy(feats), "wave": torch.from_numpy(audio),
             "pitch": torch.from_numpy(labels["pitch"]),
-            "style": nn.functional.one_hot(torch.from_numpy(labels["style"]), n_styles).float(),
+            "style": style_onehot(torch.from_numpy(labels["style"]), n_styles),
             "velocity": torch.from_numpy(labels["velocity"]).float() / 127}
 
 
