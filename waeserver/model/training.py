@@ -3,8 +3,10 @@
 A run folder holds::
 
     config.yaml         the training config actually used (defaults, then --config, then flags)
-    metrics.csv         one row per epoch: losses, alpha, validation loss, seconds
+    metrics.csv         one row per epoch: losses, alpha, validation loss, seconds (a resumed run
+                        drops the rows after its checkpoint)
     checkpoint.pt       everything --resume needs (tensors and plain data: loads with weights_only=True)
+                        and the variant and model config it belongs to (another's is refused)
     best.safetensors    the best weights so far (by validation loss)
     model.safetensors   the final weights (the best ones), no pickle
     model.yaml          ModelConfig, styles, spectral settings, data path, variant, how training went
@@ -12,6 +14,8 @@ A run folder holds::
 Under ``torchrun --nproc_per_node N -m waeserver train ...`` each process trains on its own
 share of every epoch through PyTorch's DistributedDataParallel (gloo on CPU, NCCL on CUDA);
 ``batch_size`` is per process, and only rank 0 writes files.
+The run folder's files, the learning-rate decay and the progress bar are those of
+:mod:`waeserver.model.training_run`, which the inverter and fine-tuning loops share.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from waeserver.model.devices import pick_device
 from waeserver.model.losses import alpha_schedule, discriminator_loss, fader_loss, rbf_mmd, reconstruction_loss
 from waeserver.model.training_run import CHECKPOINT, Metrics, RunFolder, cosine_lr, progress_bar, save_weights, set_lr
 from waeserver.model.wae import VARIANTS, WAE, ModelConfig, style_onehot
+from waeserver.plain import read_mapping
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +110,10 @@ def load_wae(path: str | Path, device: str | torch.device = "cpu") -> tuple[WAE,
     card, weights = path / "model.yaml", path / "model.safetensors"
     if not card.is_file() or not weights.is_file():
         raise TrainError(f"{path} holds no trained model (model.yaml and model.safetensors)")
+    meta = read_mapping(card, "model card", TrainError)
     try:
-        meta = yaml.safe_load(card.read_text()) or {}
         cfg = ModelConfig.from_dict(meta["model"])
-    except (KeyError, TypeError, yaml.YAMLError) as exc:
+    except (KeyError, TypeError) as exc:
         raise TrainError(f"{card}: unreadable model card ({exc})") from exc
     model = WAE(cfg)
     state = load_file(str(weights))

@@ -96,7 +96,7 @@ class Metrics:
         self._fh = None
         if not writes:
             return
-        if resumed_at is not None and path.is_file():
+        if resumed_at is not None and path.is_file() and path.stat().st_size:
             rows = path.read_text().splitlines()
             kept = [rows[0]] + [r for r in rows[1:] if int(r.split(",")[0]) <= resumed_at]
             path.write_text("\n".join(kept) + "\n")

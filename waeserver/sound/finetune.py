@@ -79,13 +79,15 @@ COLUMNS = ["step", "loss", "sc", "mag", "mel", "seconds"]
 
 def _only_the_decoder_learns(wae: WAE, inverter: nn.Module) -> nn.Module:
     """Everything frozen and in eval mode but ``wae.decoder``, which is returned."""
-    wae.eval()
-    inverter.eval()
-    for p in list(wae.parameters()) + list(inverter.parameters()):
-        p.requires_grad_(False)
-    for p in wae.decoder.parameters():
-        p.requires_grad_(True)
-    return wae.decoder
+    wae.eval().requires_grad_(False)
+    inverter.eval().requires_grad_(False)
+    return wae.decoder.requires_grad_(True)
+
+
+@torch.no_grad()
+def _latents(wae: WAE, mel: torch.Tensor, device) -> torch.Tensor:
+    """The frozen encoder's z ``[N, D]`` of log-mels ``[N, M, F]``, 64 notes at a time."""
+    return torch.cat([wae.encoder(mel[s:s + 64].to(device)) for s in range(0, len(mel), 64)])
 
 
 def finetune_decoder(wae: WAE, inverter: nn.Module, data_dir: str | Path, out_dir: str | Path,
@@ -116,9 +118,7 @@ def finetune_decoder(wae: WAE, inverter: nn.Module, data_dir: str | Path, out_di
     train_notes = note_tensors(ds, "train", wae.cfg.n_styles)
     valid_notes = note_tensors(ds, "valid", wae.cfg.n_styles)
     decoder = _only_the_decoder_learns(wae, inverter)
-    with torch.no_grad():
-        z_train = torch.cat([wae.encoder(train_notes["mel"][s:s + 64].to(device))
-                             for s in range(0, len(train_notes["mel"]), 64)])
+    z_train = _latents(wae, train_notes["mel"], device)
     opt = torch.optim.Adam(decoder.parameters(), lr=config.lr)
     loss_fn = MultiResolutionSTFTLoss().to(device)
     first = 0
@@ -156,9 +156,7 @@ def finetune_decoder(wae: WAE, inverter: nn.Module, data_dir: str | Path, out_di
         step = run_steps(first, config.steps, train_step, checkpoint, metrics, log_every=config.log_every,
                          checkpoint_every=config.checkpoint_every, max_minutes=config.max_minutes,
                          desc="fine-tune", progress=progress)
-    decoder.eval()
-    for p in decoder.parameters():
-        p.requires_grad_(False)
+    decoder.eval().requires_grad_(False)
     save_weights(decoder, out / "decoder.safetensors")
     after = audio_metrics(wae, inverter, valid_notes, ds.spectral)
     result = {"steps": step, "valid_before": before, "valid_after": after}
