@@ -15,7 +15,8 @@ waeserver:in_1 each time it sends ``/wae/sample/record SECONDS``. Two figures pe
   OSC round trip.
 
 Each take's point is kept with the xruns JACK reported meanwhile (a period lost to an xrun
-changes the note taken, and so its point). Between takes the daemon is given ``--pause`` seconds
+changes the note taken, and so its point), beside those of as long a time before the first take,
+with nothing recorded. Between takes the daemon is given ``--pause`` seconds
 to render its notes again for the new point (as a performer would play them), so each take is
 measured against a settled daemon.
 
@@ -94,10 +95,17 @@ def measure(model: str, takes: int, seconds: float, pause: float) -> dict:
         note = flute_note()
         feeder = InputFeeder(server)
         time.sleep(pause)   # the start's refill done
-        client_ms, points, xruns = [], [], []
-        for _ in range(takes):
+
+        def xruns() -> int:
             osc.send("/wae/status")
-            before = osc.wait("/wae/status.reply", 5.0)[1]
+            return osc.wait("/wae/status.reply", 5.0)[1]
+
+        before = xruns()
+        time.sleep(seconds)
+        idle_xruns = xruns() - before   # as long as a take, with nothing recorded: the machine's own
+        client_ms, points, take_xruns = [], [], []
+        for _ in range(takes):
+            before = xruns()
             t0 = time.monotonic()
             osc.send("/wae/sample/record", float(seconds))
             feeder.play(note)
@@ -107,8 +115,7 @@ def measure(model: str, takes: int, seconds: float, pause: float) -> dict:
                 raise SystemExit(f"no /wae/sample.reply: {log_path.read_text()[-2000:]}")
             client_ms.append((t1 - t0 - seconds) * 1000.0)
             points.append([round(float(v), 4) for v in point])
-            osc.send("/wae/status")
-            xruns.append(osc.wait("/wae/status.reply", 5.0)[1] - before)   # during the take and its encoding
+            take_xruns.append(xruns() - before)   # during the take and its encoding
             time.sleep(pause)
     finally:
         if feeder is not None:
@@ -124,7 +131,8 @@ def measure(model: str, takes: int, seconds: float, pause: float) -> dict:
     figures = {"daemon_ms": [d for d, _, _ in logged], "start_ms": [s for _, s, _ in logged],
                "overrun_ms": [round((w - seconds) * 1000.0, 1) for _, _, w in logged],
                "client_ms": [round(v, 1) for v in client_ms]}
-    return {"takes": takes, "seconds": seconds, "pause_s": pause, "points": points, "xruns": xruns, **figures,
+    return {"takes": takes, "seconds": seconds, "pause_s": pause, "points": points, "xruns": take_xruns,
+            "xruns_idle": idle_xruns, **figures,
             **{f"{k}_median": float(np.median(v)) for k, v in figures.items()},
             **{f"{k}_max": float(max(v)) for k, v in figures.items()}}
 

@@ -105,16 +105,9 @@ def start_take(live, seconds: float, sound: np.ndarray | None = None) -> None:
 
 
 def record(live, seconds: float, sound: np.ndarray | None = None) -> tuple[str, list]:
-    """:func:`start_take`, then its reply: ``(address, arguments)``. A take during which JACK
-    reported an xrun (the feeder's period may have been skipped: another sound) is taken again."""
-    audio = live[0].audio
-    for _ in range(3):
-        xruns = audio.xruns
-        start_take(live, seconds, sound)
-        reply = live[2].expect_any(("/wae/sample.reply", "/fail"), timeout=seconds + 20)
-        if audio.xruns == xruns:
-            break
-    return reply
+    """:func:`start_take`, then its reply: ``(address, arguments)``."""
+    start_take(live, seconds, sound)
+    return live[2].expect_any(("/wae/sample.reply", "/fail"), timeout=seconds + 20)
 
 
 def play_note(live, pitch: int = 76) -> np.ndarray:
@@ -136,10 +129,15 @@ def test_a_note_played_into_in_1_sets_the_latent_point_and_the_notes_change(live
     bundle = load_bundle(bundle_path, "cpu")
     before_z, before = daemon.inst.state.z.copy(), play_note(live)
     assert np.array_equal(play_note(live), before)   # the same controls, the very same note
-    address, point = record(live, 2.0, sound)
-    assert address == "/wae/sample.reply", point
+    expected = file_point(bundle, path)
+    for _ in range(3):   # an xrun can cost the take a period of the note (a loaded machine): then again
+        xruns = daemon.audio.xruns
+        address, point = record(live, 2.0, sound)
+        assert address == "/wae/sample.reply", point
+        if np.allclose(point, expected, atol=0.02) or daemon.audio.xruns == xruns:
+            break
     assert len(point) == bundle.latent_size
-    np.testing.assert_allclose(point, file_point(bundle, path), atol=0.02)   # in_1's road, the file's road
+    np.testing.assert_allclose(point, expected, atol=0.02)   # in_1's road, the file's road
     assert np.abs(np.array(point) - before_z).max() > 0.05
     np.testing.assert_allclose(daemon.inst.state.z, point)
     after = play_note(live)
