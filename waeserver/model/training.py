@@ -8,6 +8,7 @@ A run folder holds::
     checkpoint.pt       everything --resume needs (tensors and plain data: loads with weights_only=True)
                         and the variant and model config it belongs to (another's is refused)
     best.safetensors    the best weights so far (by validation loss)
+    latent_history.npz  a fixed set of notes' latent points after every epoch (model/latent_history)
     model.safetensors   the final weights (the best ones), no pickle
     model.yaml          ModelConfig, styles, spectral settings, data path, variant, how training went
 
@@ -36,6 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from waeserver.data.dataset import NoteDataset
 from waeserver.model.devices import pick_device
+from waeserver.model.latent_history import LatentRecorder
 from waeserver.model.losses import alpha_schedule, discriminator_loss, fader_loss, rbf_mmd, reconstruction_loss
 from waeserver.model.training_run import CHECKPOINT, Metrics, RunFolder, cosine_lr, progress_bar, save_weights, set_lr
 from waeserver.model.wae import VARIANTS, WAE, ModelConfig, style_onehot
@@ -309,8 +311,9 @@ def _train(ds: NoteDataset, variant: str, out: Path, config: dict, dev: torch.de
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(
             {"data": str(ds.root.resolve()), "variant": variant, **config}, sort_keys=False))
+    recorder = LatentRecorder(ds, feats, out, wae.encoder, dev, state["epoch"]) if rank.main else None
     with run.metrics(METRIC_COLUMNS, state["epoch"] if resume else None) as metrics:
-        _epochs(fit, run, metrics, state, f"train {variant}", progress)
+        _epochs(fit, run, metrics, state, f"train {variant}", progress, recorder)
     summary = {"epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
                "best_valid_recon": round(state["best"], 5), "train_seconds": round(state["seconds"], 1),
                "processes": rank.world, "device": str(dev)}
@@ -321,7 +324,8 @@ def _train(ds: NoteDataset, variant: str, out: Path, config: dict, dev: torch.de
     return summary
 
 
-def _epochs(fit: _Fit, run: RunFolder, metrics: Metrics, state: dict, desc: str, progress: bool) -> None:
+def _epochs(fit: _Fit, run: RunFolder, metrics: Metrics, state: dict, desc: str, progress: bool,
+            recorder: LatentRecorder | None = None) -> None:
     """Epochs from ``state["epoch"]`` to the last or to an early stop, ``state`` checkpointed after each.
 
     Early stopping and the choice of the final weights go by the validation reconstruction: the
@@ -351,6 +355,8 @@ def _epochs(fit: _Fit, run: RunFolder, metrics: Metrics, state: dict, desc: str,
             metrics.write({**row, **valid, "epoch": state["epoch"], "best": int(improved),
                            "seconds": round(time.perf_counter() - start, 3)})
             run.save({**fit.state(), "state": dict(state), "config": config})
+            if recorder is not None:
+                recorder.record(fit.wae.encoder, state["epoch"], row["alpha"])
             bar.set_postfix(recon=f"{row['recon']:.3f}", mmd=f"{row['mmd']:.4f}",
                             valid=f"{valid['valid_recon']:.3f}", alpha=f"{row['alpha']:.2f}")
         bar.update(1)
