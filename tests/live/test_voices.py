@@ -10,11 +10,11 @@ import pytest
 import torch
 from bundles import make_test_bundle
 
-from waeserver.live.cache import RenderCache
+from waeserver.live.cache import Note, RenderCache
 from waeserver.live.controls import ControlState
 from waeserver.live.notes import LOOP_S, VELOCITIES, layer_velocities, shape_note
 from waeserver.live.renderer import Renderer
-from waeserver.live.voices import FADING, FREE, PENDING, PLAYING, RELEASED, NotQueued, VoicePool
+from waeserver.live.voices import FADING, FREE, GAIN_RAMP_S, PENDING, PLAYING, RELEASED, NotQueued, VoicePool
 from waeserver.sound.bundle import load_bundle
 
 RATE = 48000
@@ -536,3 +536,99 @@ def test_a_take_copies_the_input_from_the_next_period_until_full_then_stops():
     assert pool.take()[:2] == (4, 100) and (again == 2.0).all() and take[-1] == 599
     with pytest.raises(ValueError):
         pool.record(np.zeros(10), 5)             # float64
+
+
+def steady_pool(pitches=(60, 62, 64), level: float = 0.5) -> VoicePool:
+    """A pool whose pitches sound ``level`` for as long as they are held (a looped constant
+    render, fresh), so that a level in the output is the gains it went through."""
+    pool = VoicePool(RATE, polyphony=4)
+    for p in pitches:
+        assert pool.publish(p, Note(np.full(PERIOD, level, np.float32), 0))
+        pool.fresh[p] = 1
+    return pool
+
+
+def test_a_timed_gain_change_ramps_from_its_frame():
+    """A master gain posted for a frame scales the mix from that very frame, ramping to its value
+    over GAIN_RAMP_S (48 frames at 48 kHz): every frame before is at the old gain, every frame from
+    the ramp's end at the new one; an untimed change ramps from the next period's first frame."""
+    pool = steady_pool()
+    pool.note_on(60, 1.0)
+    start = pool.stats.frame
+    change, ramp = PERIOD + 100, round(GAIN_RAMP_S * RATE)
+    with pool.at(start + change):
+        pool.gain = 0.5
+    assert pool.gain == 0.5 and pool.held() == 0   # read back at once; held from the next period
+    out = play(pool, 3)
+    assert (out[:change] == 0.5).all() and (out[change + ramp:] == 0.25).all()
+    steps = np.diff(out[change - 1:change + ramp])
+    assert (steps < 0).all() and np.abs(steps).max() < 0.25 / ramp * 1.01   # a smooth ramp, no jump
+    pool.gain = 1.0                                  # untimed
+    out = play(pool, 1)
+    assert out[0] > 0.25 and out[ramp - 1] == pytest.approx(0.5) and (out[ramp:] == 0.5).all()
+
+
+def test_a_timed_release_applies_to_voices_released_from_its_frame():
+    """A release posted for a frame: a voice released before it (by a note-off, or by its hold
+    running out, even in the same period) fades over the old length, one released after over the
+    new."""
+    pool = steady_pool()
+    pool.release = 0.05
+    start = pool.stats.frame
+    play(pool, 1, [(0, "note_on", (60, 1.0)), (0, "note_on", (62, 1.0, PERIOD + 50))])
+    pool.note_on(64, 1.0)
+    with pool.at(start + PERIOD + 120):
+        pool.release = 0.2
+    play(pool, 2, [(10, "note_off", (60,)), (200, "note_off", (64,))])   # the period of the change
+    slopes = {v.pitch: v.slope for v in pool.voices if v.state == RELEASED}
+    assert slopes[60] == pytest.approx(-1 / (0.05 * RATE)) and slopes[62] == pytest.approx(-1 / (0.05 * RATE))
+    assert slopes[64] == pytest.approx(-1 / (0.2 * RATE))
+
+
+def test_a_timed_bend_range_applies_to_bends_from_its_frame():
+    """A bend range posted for a frame: a bend before it bends over the old range, one after over
+    the new; the bend in force does not change with the range alone."""
+    pool = steady_pool()
+    play(pool, 1, [(0, "note_on", (60, 1.0))])
+    voice = next(v for v in pool.voices if v.state == PLAYING)
+    start, before = pool.stats.frame, voice.pos
+    with pool.at(start + 100):
+        pool.bend(8191)
+    with pool.at(start + 150):
+        pool.bend_range = 12.0
+    with pool.at(start + 200):
+        pool.bend(4096)
+    play(pool, 1)
+    old = 2 ** (2 * 8191 / 8192 / 12)
+    assert voice.pos - before == pytest.approx(100 + 100 * old + (PERIOD - 200) * 2 ** 0.5, rel=1e-9)
+    assert pool.bend_range == 12.0 and pool.ratio == pytest.approx(2 ** 0.5)
+
+
+def test_a_timed_timbre_change_keeps_the_old_renders_for_the_notes_before_it(engine):
+    """A style change posted for a frame retargets the cache at once (the renderer starts on it),
+    but its renders are played only by notes from the frame on: a note just before plays the old
+    render, as fresh; a note on the frame the new one; once the frame has passed and no voice
+    plays it, the old render is let go."""
+    state, cache, renderer, pool = engine
+    play(pool, 1)                                  # the cache's renders in the pool
+    held, old = len(pool._notes), cache.notes[60]
+    change = pool.stats.frame + 2 * PERIOD + 30
+    with pool.at(change):
+        state.set_style("flute", 1.0)
+        renderer.retarget()                        # as the instrument does on every change
+    assert not cache.fresh[60]                     # stale for the new target: the renderer's to do
+    renderer.render_now([60], priority=False)
+    assert cache.notes[60] is not old and cache.fresh[60]
+    with pool.at(change - 10):
+        pool.note_on(60, 1.0)
+    with pool.at(change):
+        pool.note_on(60, 1.0)
+    hits = pool.hits
+    play(pool, 3)
+    first, second = sorted((v for v in pool.voices if v.state == PLAYING), key=lambda v: v.on_frame)
+    assert pool.hits - hits == 2 and pool.standins == 0
+    assert pool.audio(first) is old[1].wave and pool.audio(second) is cache.notes[60][1].wave
+    assert first.gen < second.gen == pool.generation
+    pool.panic()
+    play(pool, 4)
+    assert pool.sounding() == 0 and len(pool._notes) == held   # the old renders of 60 let go

@@ -10,7 +10,9 @@
  * Everything else talks to the pool through three single-producer single-consumer rings (Python
  * serialises its own threads on each side with a lock of its own, which this side never sees):
  *   commands (Python -> audio): note and pedal actions, raw MIDI from other inputs, published
- *     renders, applied at the start of the next period;
+ *     renders, applied at the start of the next period, or held for their frame (a time-tagged
+ *     bundle's: notes, master gain, release, bend range, and the frame of a timbre change, from
+ *     which notes take the renders made for it: C_TIMBRE);
  *   events (audio -> Python): note started / ended, sync tokens, renders no longer used, MIDI
  *     control messages (mapped CCs, program changes) for the control thread;
  *   requests (audio -> renderer): pitches to render now, per-note draws used up.
@@ -54,6 +56,7 @@
 #define JACK_THREAD_SLICE_NS 500000  /* and its slice: see jack_thread_init */
 #define FADE_S 0.005       /* steal and panic fade */
 #define XFADE_S 0.010      /* stand-in to fresh render crossfade */
+#define GAIN_RAMP_S 0.001  /* a master gain change ramps over this long from its frame: no zipper noise */
 /* The master limiter (see limit): below LIMIT_KNEE the mix passes untouched; above, its peak level
  * is bent smoothly towards LIMIT_CEILING, which it never reaches. */
 #define LIMIT_KNEE 0.8
@@ -63,7 +66,8 @@
 
 enum { FREE, PENDING, PLAYING, RELEASED, FADING };
 enum { C_NOTE_ON = 1, C_NOTE_OFF, C_SUSTAIN, C_BEND, C_PANIC, C_ALL_OFF, C_SYNC, C_PUBLISH, C_CLEAR, C_MIDI, C_LAYERS,
-       C_RECORD };
+       C_RECORD, C_GAIN, C_RELEASE, C_BEND_RANGE, C_TIMBRE };
+enum { GAIN, RELEASE, BEND_RANGE };   /* the controls of Params.control */
 enum { E_GO = 1, E_END, E_SYNCED, E_FREED, E_CONTROL };
 enum { R_RENDER = 1, R_TAKEN };
 
@@ -73,10 +77,14 @@ typedef struct { Command c; int64_t seq; } Timed;
 typedef struct { int32_t kind, a, b, c; } Event;
 typedef struct { int32_t kind, pitch, layers, pad; } Request;   /* layers: a bit per velocity layer */
 
-/* Written by Python at any time, read by the audio thread once per use. */
+/* Written by Python at any time, read by the audio thread once per use. control: master gain,
+ * release, bend range as set untimed (plain OSC, MIDI CCs; timed ones are commands): the audio
+ * thread takes one at the start of the period after its count in changes has moved. generation:
+ * that of the cache's latest control target (see C_TIMBRE), written before its fresh bits. */
 typedef struct {
-    double gain, release, bend_range, budget_ms, expected_ms;
-    int32_t per_note, channel, low, high, wake_fd, pad;
+    double control[3], budget_ms, expected_ms;
+    int32_t per_note, channel, low, high, wake_fd, generation;
+    uint32_t changes[3], pad;
     float velocity[128];
     float layer_velocity[MAX_LAYERS];    /* read by C_LAYERS, not live */
 } Params;
@@ -96,12 +104,13 @@ typedef struct { int32_t a, b; } Pair;
 typedef struct {
     int32_t state, pitch, held, sustained, waiting, layer, xfade, done;
     int32_t need;                            /* a bit per velocity layer it blends */
+    int32_t gen;                             /* the render generation it plays (see C_TIMBRE) */
     Pair slot, old, standin;
     double pos, level, slope, gain, blend;   /* pos: frames into the note, unwrapped; blend: b's weight */
     int64_t age, released_at, on_frame, wait, hold;
 } Voice;
 
-typedef struct { const float *wave; int64_t length, loop; int32_t refs, pad; } Slot;
+typedef struct { const float *wave; int64_t length, loop; int32_t refs, gen; } Slot;   /* gen: see C_TIMBRE */
 
 typedef struct {
     uint32_t head, tail;     /* head: producer's, tail: consumer's; both only grow */
@@ -127,7 +136,14 @@ typedef struct {
     int32_t n_layers;
     float layer_velocity[MAX_LAYERS];    /* MIDI velocity of each layer, ascending */
     int32_t rate, polyphony, n_voices, max_period, fade, xfade_len, sustain_on, n;
-    double ratio, gain_now;
+    double ratio;
+    double control[3];                   /* gain, release, bend range in force (Params.control, C_GAIN, ...) */
+    uint32_t seen[3];                    /* Params.changes taken */
+    double gain_now, gain_step;          /* the master gain, and its ramp per frame for gain_left frames */
+    int32_t gain_left, gain_done;        /* gain_done: frames of this period the master gain has scaled */
+    int32_t gen_now;                     /* the render generation notes take from now (C_TIMBRE) */
+    int32_t earlier[N_PITCHES][MAX_LAYERS];  /* while a timbre change is pending: the newest render of a
+                                                generation before current's, for the notes before it */
     double limit_env, limit_release;     /* the limiter's peak level and its decay per frame */
     int32_t limit_hold, limit_hold_len;  /* frames left before it decays, and after a new peak */
     int64_t age;
@@ -227,7 +243,7 @@ static void release_voice(Pool *p, Voice *v) {
     if (v->state == PENDING) return;   /* released as soon as it starts (see play) */
     v->state = RELEASED;
     v->released_at = ++p->age;
-    double frames = p->params.release * p->rate;
+    double frames = p->control[RELEASE] * p->rate;
     v->slope = -v->level / (frames > p->fade ? frames : p->fade);
 }
 
@@ -367,6 +383,42 @@ static void upto(Pool *p, Voice *v, int end) {
     mix_voice(p, v, start, end);
 }
 
+/* --- master gain --------------------------------------------------------------------------------- */
+/* The mix of frames gain_done..end, every voice mixed that far first, scaled by the master gain. */
+static void gain_upto(Pool *p, int end) {
+    int start = p->gain_done;
+    if (end <= start) return;
+    for (int i = 0; i < p->n_voices; i++) upto(p, &p->voices[i], end);
+    p->gain_done = end;
+    float *buf = p->buf;
+    int j = start;
+    for (; j < end && p->gain_left > 0; j++, p->gain_left--) {
+        p->gain_now += p->gain_step;
+        buf[j] = (float)((double)buf[j] * p->gain_now);
+    }
+    if (p->gain_left == 0) p->gain_now = p->control[GAIN];   /* the ramp's end exactly, not its rounding */
+    if (j < end && p->gain_now != 1.0) {
+        float g = (float)p->gain_now;
+        for (; j < end; j++) buf[j] *= g;
+    }
+}
+
+/* Control c (GAIN, RELEASE, BEND_RANGE) set to value from frame at of this period: the master gain
+ * ramps to it over GAIN_RAMP_S from there; a release applies to voices released from there on (the
+ * voices mixed up to it first: one whose hold ends before it is released with the old length), a
+ * bend range to bends from there on. */
+static void set_control(Pool *p, int c, double value, int at) {
+    if (c == GAIN) {
+        gain_upto(p, at);
+        int ramp = (int)(GAIN_RAMP_S * p->rate) > 1 ? (int)(GAIN_RAMP_S * p->rate) : 1;
+        p->gain_step = (value - p->gain_now) / ramp;
+        p->gain_left = value != p->gain_now ? ramp : 0;
+    } else if (c == RELEASE) {
+        for (int i = 0; i < p->n_voices; i++) upto(p, &p->voices[i], at);
+    }
+    p->control[c] = value;
+}
+
 /* --- the render table -------------------------------------------------------------------------- */
 /* Layer and blend for a velocity: between the two nearest layers, linearly; the outer ones beyond.
  * The layers it needs fresh: those it blends; in per-note z mode every layer (one draw is one
@@ -386,11 +438,20 @@ static void pick_layers(Pool *p, double velocity, Voice *v) {
     v->need = p->params.per_note ? (1 << n) - 1 : (1 << v->layer) | (v->blend > 0.0 ? 1 << (v->layer + 1) : 0);
 }
 
-/* The latest render of a pitch's layer, else of its nearest layer that has one; -1 none. */
-static int32_t layer_slot(Pool *p, int32_t pitch, int layer) {
+/* The render of a pitch's layer for a note of generation gen: the latest, unless it was made for a
+ * timbre change after the note (then the earlier one kept for such notes, if any); -1 none. */
+static int32_t render_for(Pool *p, int32_t pitch, int layer, int32_t gen) {
+    int32_t s = p->current[pitch][layer], before = p->earlier[pitch][layer];
+    return s >= 0 && p->slots[s].gen > gen && before >= 0 ? before : s;
+}
+
+/* The render of a pitch's layer for a note of generation gen, else of its nearest layer that has
+ * one; -1 none. */
+static int32_t layer_slot(Pool *p, int32_t pitch, int layer, int32_t gen) {
     for (int d = 0; d < p->n_layers; d++) {
-        if (layer - d >= 0 && p->current[pitch][layer - d] >= 0) return p->current[pitch][layer - d];
-        if (layer + d < p->n_layers && p->current[pitch][layer + d] >= 0) return p->current[pitch][layer + d];
+        int32_t s;
+        if (layer - d >= 0 && (s = render_for(p, pitch, layer - d, gen)) >= 0) return s;
+        if (layer + d < p->n_layers && (s = render_for(p, pitch, layer + d, gen)) >= 0) return s;
     }
     return -1;
 }
@@ -399,9 +460,13 @@ static int32_t layer_slot(Pool *p, int32_t pitch, int layer) {
 static Pair take(Pool *p, Voice *v, int *fresh) {
     int32_t pitch = v->pitch;
     p->played[pitch] = ++p->stats.notes;
-    Pair s = {layer_slot(p, pitch, v->layer), v->blend > 0.0 ? layer_slot(p, pitch, v->layer + 1) : -1};
-    *fresh = s.a >= 0 && (__atomic_load_n(&p->fresh[pitch], __ATOMIC_RELAXED) & v->need) == v->need;
-    if (*fresh && p->params.per_note) {   /* this draw is used up: the next note gets another */
+    Pair s = {layer_slot(p, pitch, v->layer, v->gen),
+              v->blend > 0.0 ? layer_slot(p, pitch, v->layer + 1, v->gen) : -1};
+    /* Before a timbre change still to come the cache's fresh bits are the change's: a note before it
+     * plays what was rendered before it, as fresh (nothing renders its target any more). */
+    int before = v->gen < __atomic_load_n(&p->params.generation, __ATOMIC_ACQUIRE);
+    *fresh = s.a >= 0 && (before || (__atomic_load_n(&p->fresh[pitch], __ATOMIC_RELAXED) & v->need) == v->need);
+    if (*fresh && !before && p->params.per_note) {   /* this draw is used up: the next note gets another */
         __atomic_store_n(&p->fresh[pitch], 0, __ATOMIC_RELAXED);
         ask(p, R_TAKEN, pitch, v->need);
     }
@@ -410,13 +475,14 @@ static Pair take(Pool *p, Voice *v, int *fresh) {
     return s;
 }
 
-/* New renders of pitch's layers (the bits of layers): voices waiting for them take theirs once every
- * layer they blend is new or fresh, so that a voice never blends a new layer with an older one. */
-static void arrived(Pool *p, int32_t pitch, int32_t layers) {
+/* New renders of pitch's layers (the bits of layers) of generation gen: voices waiting for them take
+ * theirs once every layer they blend is new or fresh, so that a voice never blends a new layer with
+ * an older one; a voice of an earlier generation keeps its timbre (it started before gen's change). */
+static void arrived(Pool *p, int32_t pitch, int32_t layers, int32_t gen) {
     int32_t ready = layers | __atomic_load_n(&p->fresh[pitch], __ATOMIC_RELAXED);
     for (int i = 0; i < p->n_voices; i++) {
         Voice *v = &p->voices[i];
-        if (v->pitch != pitch || v->state == FREE || (v->state != PENDING && !v->waiting)) continue;
+        if (v->pitch != pitch || v->state == FREE || (v->state != PENDING && !v->waiting) || v->gen < gen) continue;
         if ((ready & v->need) != v->need) continue;   /* another batch brings the rest */
         int fresh;
         Pair s = take(p, v, &fresh);
@@ -479,6 +545,7 @@ static void note_on(Pool *p, int32_t pitch, double gain, int32_t velocity, int a
     if (pitch < p->params.low || pitch > p->params.high) { p->stats.out_of_range++; return; }
     Voice *v = allocate(p, pitch, at);
     voice_begin(v, pitch, gain, ++p->age, p->stats.frame + at, hold);
+    v->gen = p->gen_now;
     pick_layers(p, velocity, v);
     v->done = at;
     int fresh;
@@ -524,7 +591,7 @@ static void sustain(Pool *p, int on, int at) {
 }
 
 static void bend(Pool *p, int32_t value, int at) {
-    double ratio = pow(2.0, value / 8192.0 * p->params.bend_range / 12.0);
+    double ratio = pow(2.0, value / 8192.0 * p->control[BEND_RANGE] / 12.0);
     if (ratio == p->ratio) return;
     for (int i = 0; i < p->n_voices; i++) upto(p, &p->voices[i], at);
     p->ratio = ratio;
@@ -573,28 +640,61 @@ static void midi(Pool *p, const uint8_t *data, int size, int at) {
     }
 }
 
-/* Slot s holds the new render of pitch's layer; with the last layer of the pitch in its batch, voices
- * waiting get them. */
-static void publish(Pool *p, int32_t pitch, int32_t s, int32_t layer, int last, const Command *c) {
+/* Slot s holds the new render of pitch's layer, made for generation gen; with the last layer of the
+ * pitch in its batch, voices waiting get them. A render for a timbre change still to come keeps the
+ * one it replaces (in earlier) for the notes before the change, when that one is of the generation
+ * notes take now (else it was made for a change still to come as well, and earlier stays). */
+static void publish(Pool *p, int32_t pitch, int32_t s, int32_t layer, int last, int32_t gen, const Command *c) {
     p->slots[s].wave = (const float *)(intptr_t)c->x;
     p->slots[s].length = c->y;
     p->slots[s].loop = (int64_t)c->f;
     p->slots[s].refs = 1;   /* the table's */
+    p->slots[s].gen = gen;
     if (layer < 0 || layer >= MAX_LAYERS) { unref(p, s); return; }
-    unref(p, p->current[pitch][layer]);
+    int32_t replaced = p->current[pitch][layer];
+    if (replaced >= 0 && gen > p->gen_now && p->slots[replaced].gen <= p->gen_now) {
+        unref(p, p->earlier[pitch][layer]);
+        p->earlier[pitch][layer] = replaced;   /* the table's reference moves */
+    } else {
+        unref(p, replaced);
+    }
     p->current[pitch][layer] = s;
     p->arriving[pitch] |= (uint8_t)(1 << layer);
     if (last) {
-        arrived(p, pitch, p->arriving[pitch]);
+        arrived(p, pitch, p->arriving[pitch], gen);
         p->arriving[pitch] = 0;
     }
+}
+
+/* Notes take renders of generation gen from here on (a time-tagged timbre change's frame, or the
+ * next period for an untimed one; the cache's generations: waeserver.live.cache). The renders kept
+ * for notes before it are let go once the latest of their pitch and layer is of gen or before. */
+static void timbre(Pool *p, int32_t gen) {
+    p->gen_now = gen;
+    for (int i = 0; i < N_PITCHES; i++)
+        for (int l = 0; l < MAX_LAYERS; l++) {
+            int32_t s = p->current[i][l];
+            if (p->earlier[i][l] >= 0 && (s < 0 || p->slots[s].gen <= gen)) {
+                unref(p, p->earlier[i][l]);
+                p->earlier[i][l] = -1;
+            }
+        }
+}
+
+/* Every render of the table from layer `from` on let go. */
+static void forget(Pool *p, int from) {
+    for (int i = 0; i < N_PITCHES; i++)
+        for (int l = from; l < MAX_LAYERS; l++) {
+            unref(p, p->current[i][l]);
+            unref(p, p->earlier[i][l]);
+            p->current[i][l] = p->earlier[i][l] = -1;
+        }
 }
 
 /* The layers' velocities from the parameters, n of them; renders of layers beyond are let go. */
 static void set_layers(Pool *p, int n) {
     n = n < 1 ? 1 : (n > MAX_LAYERS ? MAX_LAYERS : n);
-    for (int i = 0; i < N_PITCHES; i++)
-        for (int l = n; l < MAX_LAYERS; l++) { unref(p, p->current[i][l]); p->current[i][l] = -1; }
+    forget(p, n);
     memcpy(p->layer_velocity, p->params.layer_velocity, sizeof p->layer_velocity);
     p->n_layers = n;
 }
@@ -608,8 +708,12 @@ static void apply(Pool *p, const Command *c, int at) {
     case C_PANIC: panic(p, at); break;
     case C_ALL_OFF: all_notes_off(p, at); break;
     case C_SYNC: emit(p, E_SYNCED, c->a, 0, 0); break;
-    case C_PUBLISH: publish(p, c->a, c->b, c->c, c->d, c); break;
+    case C_PUBLISH: publish(p, c->a, c->b, c->c, c->d & 1, c->d >> 1, c); break;   /* d: last | generation << 1 */
     case C_LAYERS: set_layers(p, c->a); break;
+    case C_GAIN: set_control(p, GAIN, c->f, at); break;
+    case C_RELEASE: set_control(p, RELEASE, c->f, at); break;
+    case C_BEND_RANGE: set_control(p, BEND_RANGE, c->f, at); break;
+    case C_TIMBRE: timbre(p, c->a); break;
     case C_RECORD:   /* a new take (or none: y 0) from this period's first frame */
         p->take = (float *)(intptr_t)c->x;
         p->take_want = c->x ? c->y : 0;
@@ -617,10 +721,7 @@ static void apply(Pool *p, const Command *c, int at) {
         p->take_from = p->stats.frame;
         __atomic_store_n(&p->take_id, c->a, __ATOMIC_RELEASE);
         break;
-    case C_CLEAR:
-        for (int i = 0; i < N_PITCHES; i++)
-            for (int l = 0; l < MAX_LAYERS; l++) { unref(p, p->current[i][l]); p->current[i][l] = -1; }
-        break;
+    case C_CLEAR: forget(p, 0); break;
     case C_MIDI: {
         uint8_t data[3] = {(uint8_t)c->a, (uint8_t)c->b, (uint8_t)c->x};   /* bytes, from JACK or Python */
         midi(p, data, (int)c->y, at);
@@ -700,6 +801,14 @@ static void begin(Pool *p, int n) {
     p->n = n;
     memset(p->buf, 0, (size_t)n * sizeof(float));
     for (int i = 0; i < p->n_voices; i++) p->voices[i].done = 0;
+    p->gain_done = 0;
+    for (int c = GAIN; c <= BEND_RANGE; c++) {   /* untimed changes, in force from this period's first frame */
+        uint32_t changes = __atomic_load_n(&p->params.changes[c], __ATOMIC_ACQUIRE);
+        if (changes != p->seen[c]) {
+            p->seen[c] = changes;
+            set_control(p, c, p->params.control[c], 0);
+        }
+    }
     while (ring_ready(&p->cmd_ring)) {
         const Command *c = &p->commands[p->cmd_ring.tail & (CMD_RING - 1)];
         if (c->when < 0 || !hold(p, c)) {
@@ -727,17 +836,8 @@ static void finish(Pool *p, float *out) {
     int n = p->n;
     for (int i = 0; i < p->n_voices; i++)
         if (p->voices[i].state != FREE) upto(p, &p->voices[i], n);
-    float *buf = p->buf;
-    double target = p->params.gain;
-    if (target != p->gain_now) {   /* a ramp over the period: no zipper noise */
-        double step = (target - p->gain_now) / n;
-        for (int j = 0; j < n; j++) buf[j] = (float)((double)buf[j] * (p->gain_now + (j + 1) * step));
-        p->gain_now = target;
-    } else if (target != 1.0) {
-        float g = (float)target;
-        for (int j = 0; j < n; j++) buf[j] *= g;
-    }
-    limit(p, buf, out, n);
+    gain_upto(p, n);
+    limit(p, p->buf, out, n);
     p->stats.frame += n;
 }
 
@@ -774,9 +874,11 @@ Pool *voices_new(int rate, int polyphony, int max_period) {
         for (int l = 0; l < MAX_LAYERS; l++) p->current[i][l] = -1;
     p->n_layers = 1;
     p->ratio = 1.0;
-    p->params.gain = p->gain_now = 1.0;
-    p->params.release = 0.3;
-    p->params.bend_range = 2.0;
+    p->params.control[GAIN] = p->control[GAIN] = p->gain_now = 1.0;
+    p->params.control[RELEASE] = p->control[RELEASE] = 0.3;
+    p->params.control[BEND_RANGE] = p->control[BEND_RANGE] = 2.0;
+    for (int i = 0; i < N_PITCHES; i++)
+        for (int l = 0; l < MAX_LAYERS; l++) p->earlier[i][l] = -1;
     p->params.budget_ms = 10.0;
     p->params.expected_ms = 1e9;
     p->params.low = 0;

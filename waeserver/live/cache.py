@@ -12,6 +12,12 @@ Freshness is kept per layer (``fresh[p]`` has a bit per layer), so that a priori
 only make the layers a note blends (see :class:`RenderCache`); a refill renders a pitch's layers
 together, which levels them to one loudness (``waeserver.live.notes.shape_layers``).
 
+Each target is a *generation* of renders (:meth:`VoicePool.timbre
+<waeserver.live.voices.VoicePool.timbre>`): a time-tagged timbre change retargets ahead of its frame,
+so that the renderer starts on the new target early, but the pool plays what is rendered for it only
+to notes from the change's frame on; a note before plays the renders made before (the pool keeps
+the latest of each pitch and layer beside the new one until the change's frame).
+
 Threads: the cache lives on the renderer's and the control threads, under :attr:`lock`; the
 audio thread (the C voice pool, :mod:`waeserver.live.voices`) sees only what the cache gives it once
 attached: every render published into the pool, and the ``fresh`` and ``played`` arrays, which
@@ -75,6 +81,7 @@ class RenderCache:
         self.used = np.zeros(N_PITCHES, bool)
         self.played = np.zeros(N_PITCHES, np.int64)
         self.target: tuple[np.ndarray, np.ndarray, bool] | None = None
+        self.generation = 0   # the target's render generation (the pool's, once attached)
         self.pool = None
         self._expected_ms = 1e9
         self._wake_r, self._wake_w = os.pipe()
@@ -129,6 +136,7 @@ class RenderCache:
             pool.params.per_note = self.target is not None and self.target[2]
             pool.params.expected_ms = self._expected_ms
             pool.params.wake_fd = self._wake_w
+            self.generation = pool.generation   # what it published: the pool's latest
             self.pool = pool
             pool.cache = self
 
@@ -169,9 +177,12 @@ class RenderCache:
         return (close.astype(np.uint8) * self._bits).sum(axis=-1).astype(np.uint8)
 
     def set_target(self, styles: np.ndarray, z: np.ndarray, per_note: bool) -> None:
-        """Make ``(styles [S], z [D], per_note)`` the target; entries further than ``jitter`` go stale."""
+        """Make ``(styles [S], z [D], per_note)`` the target, a new generation of renders (from the
+        next period, or, called inside the pool's ``at(frame)``, from that frame); entries further than
+        ``jitter`` go stale."""
         with self.lock:
             self.target = (np.asarray(styles, np.float32).copy(), np.asarray(z, np.float32).copy(), bool(per_note))
+            self.generation = self.pool.timbre() if self.pool is not None else self.generation + 1
             if self.pool is not None:
                 self.pool.params.per_note = bool(per_note)
             self._shape_keys(len(styles), len(z))
@@ -182,12 +193,19 @@ class RenderCache:
             self.fresh[rows] = self._fresh_bits(close)
         self.wake()
 
+    def target_now(self) -> tuple[np.ndarray, np.ndarray, bool, int] | None:
+        """``(styles, z, per_note, generation)`` of the target, read together (None before the first)."""
+        with self.lock:
+            return None if self.target is None else (*self.target, self.generation)
+
     def publish(self, pitches: list[int], notes: list[tuple[Note, ...]], key: tuple, layers=None,
                 levels=None) -> None:
         """Store renders of ``pitches`` (distinct) made for ``key = (styles, z or None for per-note
-        draws)``: every layer of each, or with ``layers`` the layers (indices) of each pitch's notes.
-        ``levels`` gives, for each pitch rendered whole, its layers' gains and loop (see :meth:`levels`)."""
-        styles, z = key
+        draws[, generation])`` (without one, the latest generation's): every layer of each, or with
+        ``layers`` the layers (indices) of each pitch's notes. ``levels`` gives, for each pitch
+        rendered whole, its layers' gains and loop (see :meth:`levels`)."""
+        styles, z = key[:2]
+        generation = key[2] if len(key) > 2 else None
         every = tuple(range(len(self.velocities)))
         layers = [every] * len(pitches) if layers is None else [tuple(ls) for ls in layers]
         with self.lock:
@@ -198,7 +216,7 @@ class RenderCache:
                     held[layer] = n
                 self.notes[p] = tuple(held)
                 # before it is marked fresh, which the pool reads at once
-                published = self.pool is None or self.pool.publish(p, note, ls)
+                published = self.pool is None or self.pool.publish(p, note, ls, generation)
                 cols = list(ls)
                 self.has_key[p, cols] = published
                 self.key_styles[p, cols] = styles

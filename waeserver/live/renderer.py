@@ -105,8 +105,10 @@ class Renderer:
     def render(self, pitches: list[int], layers=None) -> tuple[list[tuple[Note, ...]], tuple, list, list]:
         """Render ``pitches`` for the current target (with ``layers``, a tuple of layer indices for each
         pitch, only those: levelled as the pitch's last whole render, else whole): their layers'
-        notes at ``rate``, the target's key, the layers rendered and the levels of the whole ones."""
-        styles, z, per_note = self.target()
+        notes at ``rate``, the target's key, the layers rendered and the levels of the whole ones. The
+        target is the cache's (the one its generation was given for), else the state's."""
+        target = self.cache.target_now()
+        styles, z, per_note, generation = (*self.target(), None) if target is None else target
         b = len(pitches)
         every = tuple(range(len(self.cache.velocities)))
         layers = [every] * b if layers is None else list(layers)
@@ -117,7 +119,7 @@ class Renderer:
         else:
             zs = np.repeat(z[None], b, axis=0)
         rows = np.repeat(styles[None], b, axis=0)
-        key = (styles, None if per_note else z)
+        key = (styles, None if per_note else z, generation)
         worker = self.worker
         done = None
         if worker is not None:

@@ -2,15 +2,28 @@
 
 A bundle's time tag is NTP time on the system clock (``CLOCK_REALTIME``). :class:`Scheduler` holds
 a bundle tagged for the future and, ``LEAD_S`` before its time, maps the tag to a frame of the C
-voice pool and runs its messages in order:
+voice pool and runs its messages in order, every one inside :meth:`VoicePool.at` with that frame,
+so that what each posts to the pool is held in the C pool's heap and applied on its very frame
+inside the period, in order with the rest (as JACK MIDI is):
 
-* notes, pedal-free voice actions and syncs (``/wae/note``, ``/wae/noteon``, ``/wae/noteoff``,
-  ``/wae/panic``, ``/wae/sync``) are posted with that frame (:meth:`VoicePool.at`): the C pool
-  holds them and applies them on their very frame inside the period, as it does JACK MIDI;
-* everything else (faders, z, gain, presets, ...) runs then, in Python, ``LEAD_S`` ahead of the
-  frame: so a note tagged at or after a control change always renders with the new controls, and
-  a note tagged less than ``LEAD_S`` before one may find its renders stale already (it then plays
-  them as a stand-in and crossfades to the new controls' render, see docs/live.md).
+* notes, voice actions and syncs (``/wae/note``, ``/wae/noteon``, ``/wae/noteoff``, ``/wae/panic``,
+  ``/wae/sync``);
+* the controls the pool applies itself, ``/wae/gain``, ``/wae/release``, ``/wae/bend_range`` (and
+  those a preset loads): the master gain ramps to its new value over ``GAIN_RAMP_S`` (1 ms) from
+  the frame, a release applies to voices released from the frame on, a bend range to bends from it
+  on; notes before keep the old ones;
+* timbre changes (``/wae/style``, ``/wae/styles``, ``/wae/mix``, ``/wae/z``, ``/wae/z/random``,
+  ``/wae/z/mode``, a preset): the control state and the render target change at once, ``LEAD_S``
+  early, so that the renderer starts on the new target ahead; but the target is a new render
+  generation (:meth:`VoicePool.timbre`) that notes take only from the frame on. The rule: a note
+  tagged before the change plays the renders made before it, a note tagged at or after it those
+  made for it (rendered ahead if there was time, else it waits for them within the latency budget
+  or plays the old ones as a stand-in and crossfades, as any note finding its renders stale does).
+  The pool keeps two renders per pitch and layer (the latest, and the one notes take now): with
+  two timbre changes less than ``LEAD_S`` apart, a note between the two may still play the renders
+  from before the first.
+
+Replies and ``/wae/state`` notifications of a held bundle are sent when it runs, ``LEAD_S`` early.
 
 The tag maps to a frame through :class:`FrameClock`, which follows JACK's cycle times
 (``jack_get_cycle_times``, re-read by the C pool every period, see ``voices_anchor`` in
@@ -44,7 +57,6 @@ LEAD_S = 0.025              # a held bundle runs this long before its time (cove
 MAX_AHEAD_S = 60.0
 MAX_PENDING = 4096          # messages held in bundles not yet run
 TICK_S = 0.05               # the scheduler follows JACK's clock at least this often
-TIMED = frozenset({"/wae/note", "/wae/noteon", "/wae/noteoff", "/wae/panic", "/wae/sync"})
 
 
 class BundleError(ValueError):
@@ -193,12 +205,8 @@ class Scheduler:
         if frame is None:
             self._run_now(messages, sender)
             return
-        for msg in messages:   # one at a time, so that each runs in order with its frame or without
-            if msg.address in TIMED:
-                with self.pool.at(frame):
-                    self._run_now([msg], sender)
-            else:
-                self._run_now([msg], sender)
+        with self.pool.at(frame):   # what the messages post to the pool is held for the frame
+            self._run_now(messages, sender)
 
     def _loop(self) -> None:
         while True:

@@ -9,8 +9,9 @@ with :meth:`VoicePool.run`.
 A period: queued actions and newly published renders apply at its start, then the period's events
 (MIDI, or any action in tests and offline) at their frame offsets, each voice mixed lazily up to
 the frame of an event that changes it, then every voice to the end (so a 32-note chord spread over
-32 frames costs a mix per voice plus one per event), then the master gain and the limiter (a gain
-with instant attack and no look-ahead, exactly 1 below its knee: docs/live.md). Mixing reads
+32 frames costs a mix per voice plus one per event), then the master gain (a change ramps over
+``GAIN_RAMP_S`` from its frame) and the limiter (a gain with instant attack and no look-ahead,
+exactly 1 below its knee: docs/live.md). Mixing reads
 renders as they are and never waits for the renderer.
 
 Policies (the C code follows them; docs/live.md explains them):
@@ -54,7 +55,10 @@ LATENCY_SLOTS = 256
 TIMED_PERIODS = 4096
 
 FREE, PENDING, PLAYING, RELEASED, FADING = range(5)
-NOTE_ON, NOTE_OFF, SUSTAIN, BEND, PANIC, ALL_OFF, SYNC, PUBLISH, CLEAR, MIDI, LAYERS, RECORD = range(1, 13)
+(NOTE_ON, NOTE_OFF, SUSTAIN, BEND, PANIC, ALL_OFF, SYNC, PUBLISH, CLEAR, MIDI, LAYERS, RECORD, GAIN, RELEASE,
+ BEND_RANGE, TIMBRE) = range(1, 17)
+CONTROLS = {"gain": GAIN, "release": RELEASE, "bend_range": BEND_RANGE}   # the pool's own controls: their commands
+GAIN_RAMP_S = 0.001   # a master gain change ramps over this long from its frame (as in _voices.c)
 E_GO, E_END, E_SYNCED, E_FREED, E_CONTROL = range(1, 6)
 R_RENDER, R_TAKEN = 1, 2
 
@@ -70,12 +74,14 @@ class NotQueued(RuntimeError):
 
 
 class Params(ctypes.Structure):
-    """Settings Python may write at any time; the audio thread reads them as it needs them."""
+    """Settings Python may write at any time; the audio thread reads them as it needs them.
+    ``control``: gain, release and bend range set untimed, each taken at the start of the period
+    after its count in ``changes`` moved; ``generation``: the cache's latest (see :meth:`VoicePool.timbre`)."""
 
-    _fields_ = [("gain", ctypes.c_double), ("release", ctypes.c_double), ("bend_range", ctypes.c_double),
-                ("budget_ms", ctypes.c_double), ("expected_ms", ctypes.c_double), ("per_note", ctypes.c_int32),
-                ("channel", ctypes.c_int32), ("low", ctypes.c_int32), ("high", ctypes.c_int32),
-                ("wake_fd", ctypes.c_int32), ("pad", ctypes.c_int32), ("velocity", ctypes.c_float * 128),
+    _fields_ = [("control", ctypes.c_double * 3), ("budget_ms", ctypes.c_double), ("expected_ms", ctypes.c_double),
+                ("per_note", ctypes.c_int32), ("channel", ctypes.c_int32), ("low", ctypes.c_int32),
+                ("high", ctypes.c_int32), ("wake_fd", ctypes.c_int32), ("generation", ctypes.c_int32),
+                ("changes", ctypes.c_uint32 * 3), ("pad", ctypes.c_uint32), ("velocity", ctypes.c_float * 128),
                 ("layer_velocity", ctypes.c_float * MAX_LAYERS)]
 
 
@@ -95,10 +101,11 @@ class Pair(ctypes.Structure):
 class Voice(ctypes.Structure):
     """One voice as the C pool keeps it (read live: a snapshot needs a copy). ``pos`` counts frames
     into the note (a loop does not wind it back); ``blend`` is the weight of layer ``layer + 1``;
-    ``need`` has a bit for each layer it blends (every layer in per-note z mode)."""
+    ``need`` has a bit for each layer it blends (every layer in per-note z mode); ``gen`` is the
+    render generation it plays (:meth:`VoicePool.timbre`)."""
 
     _fields_ = [(name, ctypes.c_int32) for name in
-                ("state", "pitch", "held", "sustained", "waiting", "layer", "xfade", "done", "need")] + \
+                ("state", "pitch", "held", "sustained", "waiting", "layer", "xfade", "done", "need", "gen")] + \
                [(name, Pair) for name in ("slot", "old", "standin")] + \
                [(name, ctypes.c_double) for name in ("pos", "level", "slope", "gain", "blend")] + \
                [(name, ctypes.c_int64) for name in ("age", "released_at", "on_frame", "wait", "hold")]
@@ -184,7 +191,8 @@ class VoicePool:
 
     The actions (``note_on``, ``note_off``, ``sustain``, ``bend``, ``panic``, ``all_notes_off``,
     ``midi``) and :meth:`sync` may be called from any thread; they take effect at the start of the
-    next period, or, posted inside :meth:`at`, on a given frame.
+    next period, or, posted inside :meth:`at`, on a given frame; so do the controls ``gain``,
+    ``release`` and ``bend_range`` (set as attributes) and a new render generation (:meth:`timbre`).
     """
 
     def __init__(self, rate: int, cache=None, polyphony: int = 32, budget_ms: float = 10.0, max_period: int = 8192):
@@ -216,6 +224,8 @@ class VoicePool:
         self._when = threading.local()          # the frame of actions posted inside at()
         self._jack = None                       # the client whose process callback we are
         self.refusing = ""                      # why note-ons are refused now ("": they are not)
+        self._controls = {name: self.params.control[kind - GAIN] for name, kind in CONTROLS.items()}
+        self.generation = 0                     # the latest render generation (timbre)
         self.lost = 0                           # actions not taken (NotQueued), ever
         self.lost_why = ""                      # why the last one was not
         self.cache = None
@@ -228,12 +238,45 @@ class VoicePool:
             self._p = None
 
     # --- settings -----------------------------------------------------------------------------
-    gain = property(lambda self: self.params.gain, lambda self, v: setattr(self.params, "gain", float(v)))
-    release = property(lambda self: self.params.release, lambda self, v: setattr(self.params, "release", float(v)))
-    bend_range = property(lambda self: self.params.bend_range,
-                          lambda self, v: setattr(self.params, "bend_range", float(v)))
+    gain = property(lambda self: self._controls["gain"], lambda self, v: self._set_control("gain", v))
+    release = property(lambda self: self._controls["release"], lambda self, v: self._set_control("release", v))
+    bend_range = property(lambda self: self._controls["bend_range"],
+                          lambda self, v: self._set_control("bend_range", v))
     budget_ms = property(lambda self: self.params.budget_ms,
                          lambda self, v: setattr(self.params, "budget_ms", float(v)))
+
+    def _set_control(self, name: str, value: float) -> None:
+        """The master ``gain``, ``release`` (seconds) or ``bend_range`` (semitones) from the start of
+        the next period, or, set inside :meth:`at`, from that frame: the gain ramps to its new value
+        over ``GAIN_RAMP_S`` from it, a release applies to voices released from it on, a bend range to
+        bends from it on. The value read back is the latest set, whether it is in force yet or not."""
+        value, kind = float(value), CONTROLS[name]
+        with self._lock:
+            frame = self._frame()
+            if frame >= 0:
+                if not _lib.voices_command(self._p, kind, 0, 0, 0, 0, 0, 0, 0, value, frame):
+                    self._refuse(f"the voice pool's queue is full: {name} dropped")
+            else:   # a field and a count, not a command: a knob's stream of them never fills the queue
+                self.params.control[kind - GAIN] = value
+                self.params.changes[kind - GAIN] += 1
+            self._controls[name] = value
+
+    def timbre(self) -> int:
+        """A new render generation, for a new control target (:meth:`RenderCache.set_target
+        <waeserver.live.cache.RenderCache.set_target>`); its number. Notes take the renders published
+        with it (:meth:`publish`) from the next period on, or, inside :meth:`at`, from that frame on; a
+        note before plays the renders published before (the latest of each pitch and layer is kept
+        beside the new one until then), as fresh. If the queue is full the generation stays as it
+        is, and its renders are played as soon as they are in (the way of untimed changes)."""
+        with self._lock:
+            self.params.generation = self.generation + 1   # before the cache makes its renders stale
+            if _lib.voices_command(self._p, TIMBRE, 0, self.generation + 1, 0, 0, 0, 0, 0, 0.0, self._frame()):
+                self.generation += 1
+            else:
+                self.params.generation = self.generation
+                self.lost += 1
+                self.lost_why = "the voice pool's queue is full: a timbre change applies at once"
+            return self.generation
 
     def set_velocity_curve(self, exponent: float) -> None:
         """The gain of each MIDI velocity for the notes the pool parses itself (:func:`velocity_gain`)."""
@@ -394,11 +437,12 @@ class VoicePool:
             if not _lib.voices_command(self._p, LAYERS, 0, len(velocities), 0, 0, 0, 0, 0, 0.0, -1):
                 self._refuse("the voice pool's queue is full: layers dropped")
 
-    def publish(self, pitch: int, notes, layers=None) -> bool:
+    def publish(self, pitch: int, notes, layers=None, generation: int | None = None) -> bool:
         """Make ``notes`` (one :class:`~waeserver.live.cache.Note` per velocity layer, or one Note: layer 0;
-        with ``layers``, the layer of each note) the renders of ``pitch`` from the next period; voices
-        waiting for them take them once the last is in (and every layer they blend is new or
-        fresh). None stands for a layer not rendered. False when not all of them could be queued."""
+        with ``layers``, the layer of each note), rendered for ``generation`` (:meth:`timbre`; None: the
+        latest), the renders of ``pitch`` from the next period; voices waiting for them take them once
+        the last is in (and every layer they blend is new or fresh). None stands for a layer not
+        rendered. False when not all of them could be queued."""
         notes = [notes] if hasattr(notes, "wave") else list(notes)
         layers = list(range(len(notes))) if layers is None else list(layers)
         given = [(layer, note) for layer, note in zip(layers, notes) if note is not None]
@@ -407,6 +451,7 @@ class VoicePool:
             if wave.dtype != np.float32 or not wave.flags.c_contiguous or len(wave) < 1:
                 raise ValueError("a render must be a non-empty contiguous float32 array")
         with self._lock:
+            generation = self.generation if generation is None else int(generation)
             if len(self._free) < len(given):
                 self.poll()
             if len(self._free) < len(given):
@@ -414,7 +459,8 @@ class VoicePool:
             for i, (layer, note) in enumerate(given):
                 slot = self._free.pop()
                 self._notes[slot] = note
-                if not _lib.voices_command(self._p, PUBLISH, 0, int(pitch), slot, int(layer), int(i == len(given) - 1),
+                last = int(i == len(given) - 1) | generation << 1   # as the C pool takes it
+                if not _lib.voices_command(self._p, PUBLISH, 0, int(pitch), slot, int(layer), last,
                                            note.wave.ctypes.data, len(note.wave), float(note.loop), -1):
                     del self._notes[slot]
                     self._free.append(slot)
