@@ -632,3 +632,22 @@ def test_a_timed_timbre_change_keeps_the_old_renders_for_the_notes_before_it(eng
     pool.panic()
     play(pool, 4)
     assert pool.sounding() == 0 and len(pool._notes) == held   # the old renders of 60 let go
+
+
+def test_a_stand_in_before_a_timed_timbre_change_is_not_crossfaded_to_its_renders(engine):
+    """A note playing a stand-in (its render was stale) crossfades to the render it waits for, but
+    not to one made for a timbre change tagged after it: that is the change's timbre."""
+    state, cache, renderer, pool = engine
+    state.set_z([0.5, 0.0, 0.0])
+    renderer.retarget()                            # untimed: from the next period
+    pool.budget_ms = 0.0                           # a stale note plays its old render at once
+    play(pool, 1, [(0, "note_on", (60, 1.0))])
+    voice = next(v for v in pool.voices if v.state == PLAYING)
+    standin = pool.audio(voice)
+    assert voice.waiting and pool.standins == 1
+    with pool.at(pool.stats.frame + 2 * PERIOD):
+        state.set_style("flute", 1.0)
+        renderer.retarget()
+    renderer.render_now([60], priority=False)      # for the change, which the voice started before
+    play(pool, 3)
+    assert voice.waiting and voice.xfade == 0 and pool.audio(voice) is standin and voice.gen < pool.generation

@@ -477,12 +477,14 @@ static Pair take(Pool *p, Voice *v, int *fresh) {
 
 /* New renders of pitch's layers (the bits of layers) of generation gen: voices waiting for them take
  * theirs once every layer they blend is new or fresh, so that a voice never blends a new layer with
- * an older one; a voice of an earlier generation keeps its timbre (it started before gen's change). */
+ * an older one; a voice of an earlier generation keeps its timbre (it started before gen's change),
+ * unless it has nothing else to play. */
 static void arrived(Pool *p, int32_t pitch, int32_t layers, int32_t gen) {
     int32_t ready = layers | __atomic_load_n(&p->fresh[pitch], __ATOMIC_RELAXED);
     for (int i = 0; i < p->n_voices; i++) {
         Voice *v = &p->voices[i];
-        if (v->pitch != pitch || v->state == FREE || (v->state != PENDING && !v->waiting) || v->gen < gen) continue;
+        if (v->pitch != pitch || v->state == FREE || (v->state != PENDING && !v->waiting)) continue;
+        if (v->gen < gen && (v->state != PENDING || v->standin.a >= 0)) continue;
         if ((ready & v->need) != v->need) continue;   /* another batch brings the rest */
         int fresh;
         Pair s = take(p, v, &fresh);
