@@ -52,6 +52,11 @@ def brightness(note: np.ndarray, pitch: int) -> float:
     return float(np.log2(np.sum(freqs * spectrum) / np.sum(spectrum) / midi_to_hz(pitch)))
 
 
+def silent(osc: Osc) -> bool:
+    osc.send("/wae/status")
+    return osc.expect("/wae/status.reply")[0] == 0          # no voice sounding
+
+
 @pytest.mark.slow
 def test_a_library_with_two_tags_imported_built_served_and_played_from_each_fader(tmp_path, jack_server, capsys):
     # 1. the samples: bowed at 44.1 kHz stereo, plucked at 22.05 kHz mono
@@ -128,9 +133,10 @@ def test_a_library_with_two_tags_imported_built_served_and_played_from_each_fade
             osc.send("/wae/status")
             before = osc.expect("/wae/status.reply")[10]
             for pitch in pitches:
+                wait_for(lambda: silent(osc))    # the note before released and faded out
                 mark = probe.n
                 osc.send("/wae/note", pitch, 100, NOTE_S)
-                time.sleep(NOTE_S + 0.4)
+                time.sleep(NOTE_S + 0.1)
                 audio = probe.since(mark)[0]
                 loud = np.flatnonzero(np.abs(audio) > 1e-3)
                 assert len(loud), f"{tag} {pitch}: silent"
