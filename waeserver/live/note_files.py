@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import tempfile
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,6 +31,7 @@ import torch
 
 from waeserver.dsp.resample import to_rate
 from waeserver.live.controls import MIDI_MAX, ControlError
+from waeserver.live.jobs import JobThread
 from waeserver.live.notes import shape_note
 from waeserver.live.presets import PresetError, check_name
 
@@ -62,8 +61,7 @@ class NoteFiles:
         self.max_bytes = int(max_mb * 1e6)
         self.threaded = threaded
         self.removed = 0   # files removed to keep the bound
-        self._jobs: queue.Queue = queue.Queue(PENDING_MAX)
-        self._thread: threading.Thread | None = None
+        self._jobs = JobThread("waeserver-notefiles", self._run, PENDING_MAX, "renders")
 
     def path(self, name: str) -> Path:
         """Where render ``name`` goes; refuses a bad name or a folder that cannot be written."""
@@ -86,17 +84,7 @@ class NoteFiles:
         if not self.threaded:
             self._run(make, path, done)
             return
-        try:
-            self._jobs.put_nowait((make, path, done))
-        except queue.Full:
-            raise ControlError(f"{PENDING_MAX + 1} renders are already waiting; try again when they are done") from None
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="waeserver-notefiles", daemon=True)
-            self._thread.start()
-
-    def _loop(self) -> None:
-        while True:
-            self._run(*self._jobs.get())
+        self._jobs.submit(make, path, done)
 
     def _run(self, make, path: Path, done) -> None:
         try:

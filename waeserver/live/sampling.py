@@ -29,8 +29,6 @@ Jobs run one at a time in order, ``PENDING_MAX`` waiting at most.
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -41,6 +39,7 @@ import numpy as np
 from waeserver.dsp.pitch import estimate_pitch
 from waeserver.dsp.resample import to_rate
 from waeserver.live.controls import ControlError
+from waeserver.live.jobs import JobThread
 from waeserver.sound.transform import ONSET_DB, TransformError, encode, prepare_note
 
 log = logging.getLogger(__name__)
@@ -88,8 +87,7 @@ class Sampler:
         self._ids = 0
         self._lasted = 0.0
         self._unfinished: list[np.ndarray] = []   # takes JACK never completed: it may still write them
-        self._jobs: queue.Queue = queue.Queue(PENDING_MAX)
-        self._thread: threading.Thread | None = None
+        self._jobs = JobThread("waeserver-sampler", self._run, PENDING_MAX, "samplings")
 
     def record(self, bundle, seconds: float, rate: int, done: Done) -> None:
         """``seconds`` of ``in_1`` (JACK at ``rate`` Hz) from the period after the job starts."""
@@ -114,18 +112,7 @@ class Sampler:
         if not threaded:
             self._run(make, done)
             return
-        try:
-            self._jobs.put_nowait((make, done))
-        except queue.Full:
-            raise ControlError(f"{PENDING_MAX + 1} samplings are already waiting; try again when they are done") \
-                from None
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="waeserver-sampler", daemon=True)
-            self._thread.start()
-
-    def _loop(self) -> None:
-        while True:
-            self._run(*self._jobs.get())
+        self._jobs.submit(make, done)
 
     def _run(self, make, done: Done) -> None:
         """``make()`` -> (bundle, its note, when its take was complete in ns or None); then the point
