@@ -170,8 +170,8 @@ def _legend_handles(key: str, values: np.ndarray, styles: list[str], colours: np
 
 def _write_gif(path: Path, coords: np.ndarray, history: LatentHistory, rows: np.ndarray, heading: str,
                fps: float, dpi: int) -> None:
-    """One GIF of ``coords [frames, N, 2 or 3]`` (3: a 3-D view that turns through 90 degrees),
-    three panels coloured by semitone, octave and style; the last frame held about a second."""
+    """One GIF of ``coords [frames, N, 2 or 3]`` (3: a 3-D view on fixed axes that turns through
+    90 degrees), three panels coloured by semitone, octave and style; the last frame held a second."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -213,6 +213,11 @@ def _write_gif(path: Path, coords: np.ndarray, history: LatentHistory, rows: np.
                 ax.view_init(elev=22, azim=-60 + 90 * frame / max(1, len(rows) - 1))
         else:
             scatters = [ax.scatter(p[:, 0], p[:, 1], c=c, s=6) for ax, c in axes]
+            # t-SNE's axes mean nothing: each frame framed on its own points, all of them shown
+            low, high = p.min(0), p.max(0)
+            for ax, _ in axes:
+                ax.set_xlim(low[0] - 0.05 * (high[0] - low[0]), high[0] + 0.05 * (high[0] - low[0]))
+                ax.set_ylim(low[1] - 0.05 * (high[1] - low[1]), high[1] + 0.05 * (high[1] - low[1]))
         title.set_text(f"{heading}, epoch {int(history.epoch[row])} of {int(history.epoch[-1])}, "
                        f"alpha = {float(history.alpha[row]):.2f}")
         fig.canvas.draw()

@@ -155,9 +155,22 @@ def _animation_html(name: str, model: Path, history_path: Path | None, gifs: lis
         verdict = "The history was recorded on other notes or styles than this dataset's."
     caption = (f"{len(history.z[0])} notes (fixed, every split), {len(history.epoch)} snapshots (epochs "
                f"{int(history.epoch[0])}-{int(history.epoch[-1])}) from <code>{html.escape(str(history_path))}</code>"
-               f". {verdict} Alpha is the Fader discriminator's weight at that epoch.")
+               f"{_run_summary(history_path.parent)}. {verdict} "
+               "Alpha is the Fader discriminator's weight at that epoch.")
     return ("".join(f'<figure><img src="{html.escape(g.name)}" alt="{html.escape(name)}: {g.stem}"></figure>'
                     for g in gifs) + f"<p class=note>{caption}</p>")
+
+
+def _run_summary(run: Path) -> str:
+    """What the training run that recorded a history was, from its ``model.yaml`` (empty without one)."""
+    card = run / "model.yaml"
+    meta = read_mapping(card, "run card", StudyPageError) if card.is_file() else {}
+    training = meta.get("training") if isinstance(meta.get("training"), dict) else {}
+    if not training:
+        return ""
+    return html.escape(f" (a {meta.get('variant')} run: {training.get('epochs_run')} epochs, seed "
+                       f"{training.get('seed')}, best validation reconstruction {training.get('best_valid_recon')} "
+                       f"at epoch {training.get('best_epoch')})")
 
 
 def write_study_page(report: dict, models: list[str | Path], data_dir: str | Path, out_dir: str | Path,
