@@ -22,6 +22,7 @@ from test_daemon import RATE, Osc, Probe, free_port, wait_for
 
 from waeserver import cli
 from waeserver.data.dataset import NoteDataset
+from waeserver.data.user_samples import import_library
 from waeserver.dsp.pitch import estimate_pitch, midi_to_hz
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,11 @@ def test_a_library_with_two_tags_imported_built_served_and_played_from_each_fade
     assert by_source["plucked/pluck-04.flac"]["velocity"] == 45             # a soft take
     assert cli.main(["dataset", "info", str(data)]) == 0
     assert "bowed" in capsys.readouterr().out
+    # the tutorial's CSV form of the same tag file tags every file alike
+    import_library(library, EXAMPLE / "tags.csv", tmp_path / "from-csv", progress=False)
+    columns = ("source", "pitch", "style", "velocity", "pitch_estimated", "split")
+    assert [[r[c] for c in columns] for r in NoteDataset(tmp_path / "from-csv").rows] == \
+        [[r[c] for c in columns] for r in ds.rows]
 
     # 3. build-model with the tutorial's config, its steps cut
     laptop = yaml.safe_load((EXAMPLE / "build.yaml").read_text())
