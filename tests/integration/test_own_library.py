@@ -4,6 +4,7 @@ server and played from each fader, named after the tags."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import itertools
 import logging
@@ -58,6 +59,67 @@ def silent(osc: Osc) -> bool:
     return osc.expect("/wae/status.reply")[0] == 0          # no voice sounding
 
 
+@contextlib.contextmanager
+def serving(model: Path, jack_server: str, tmp_path: Path):
+    """``waeserver serve`` as the tutorial runs it, as a process, until it says ``ready``; yields an OSC
+    client and a JACK probe; stops it with SIGTERM."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "waeserver", "serve", "--config", str(EXAMPLE / "serve.yaml"),
+                             "--model", str(model), "--device", "cpu",
+                             "--jack-server", jack_server, "--osc-port", str(port), "--no-jack-connect",
+                             "--preset-dir", str(tmp_path / "presets"), "--render-dir", str(tmp_path / "renders")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+    osc = probe = None
+    try:
+        deadline = time.monotonic() + 60
+        while not any("ready" in line for line in lines) and proc.poll() is None:
+            assert time.monotonic() < deadline, "not ready in 60 s:\n" + "".join(lines)
+            time.sleep(0.05)
+        assert proc.poll() is None, "".join(lines)
+        osc, probe = Osc(port), Probe(jack_server)
+        yield osc, probe
+    finally:
+        for client in (osc, probe):
+            if client is not None:
+                client.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def play_each_fader(osc: Osc, probe: Probe, pitches: tuple[int, ...]) -> tuple[dict, list[int]]:
+    """Each tag's fader at 1 and the other at 0, a note at each pitch recorded from out_1: the notes
+    ``{(tag, pitch): [NOTE_S * RATE] from the onset}`` and, per tag, the stand-ins among them."""
+    notes, standins = {}, []
+    for k, tag in enumerate(TAGS):
+        for other in TAGS:
+            osc.send("/wae/style", other, 1.0 if other == tag else 0.0)
+        osc.send("/wae/sync", k)
+        osc.expect("/wae/synced")
+        for pitch in pitches:           # once, so that the notes below find renders made for this fader
+            osc.send("/wae/note", pitch, 100, 0.1)
+        time.sleep(1.0)
+        osc.send("/wae/status")
+        before = osc.expect("/wae/status.reply")[10]
+        for pitch in pitches:
+            wait_for(lambda: silent(osc))    # the note before released and faded out
+            mark = probe.n
+            osc.send("/wae/note", pitch, 100, NOTE_S)
+            time.sleep(NOTE_S + 0.1)
+            audio = probe.since(mark)[0]
+            loud = np.flatnonzero(np.abs(audio) > 1e-3)
+            assert len(loud), f"{tag} {pitch}: silent"
+            notes[tag, pitch] = audio[loud[0]:loud[0] + int(NOTE_S * RATE)]
+        osc.send("/wae/status")
+        standins.append(osc.expect("/wae/status.reply")[10] - before)
+    return notes, standins
+
+
 @pytest.mark.slow
 def test_a_library_with_two_tags_imported_built_served_and_played_from_each_fader(tmp_path, jack_server, capsys):
     # 1. the samples: bowed at 44.1 kHz stereo, plucked at 22.05 kHz mono
@@ -78,11 +140,11 @@ def test_a_library_with_two_tags_imported_built_served_and_played_from_each_fade
     assert by_source["plucked/pluck-01.flac"]["pitch"] == 52                # from the tag file
     assert (by_source["plucked/pluck-05.flac"]["pitch"], by_source["plucked/pluck-05.flac"]["pitch_estimated"]) \
         == (56, 1)                                                          # from the audio
+    assert by_source["plucked/pluck-04.flac"]["velocity"] == 45             # a soft take
     # played below: low, middle and high pitches that both tags have in the training split
     both = sorted(set.intersection(*({r["pitch"] for r in ds.rows if r["style"] == tag and r["split"] == "train"}
                                      for tag in TAGS)))
     pitches = (both[0], both[len(both) // 2], both[-1])
-    assert by_source["plucked/pluck-04.flac"]["velocity"] == 45             # a soft take
     assert cli.main(["dataset", "info", str(data)]) == 0
     assert "bowed" in capsys.readouterr().out
     # the tutorial's CSV form of the same tag file tags every file alike
@@ -106,49 +168,13 @@ def test_a_library_with_two_tags_imported_built_served_and_played_from_each_fade
     assert card["styles"] == list(TAGS)
 
     # 4. serve it with the tutorial's config (its CC map names the tags), on the dummy JACK server
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "waeserver", "serve", "--config", str(EXAMPLE / "serve.yaml"),
-                             "--model", str(model), "--device", "cpu",
-                             "--jack-server", jack_server, "--osc-port", str(port), "--no-jack-connect",
-                             "--preset-dir", str(tmp_path / "presets"), "--render-dir", str(tmp_path / "renders")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
-    osc = probe = None
-    try:
-        deadline = time.monotonic() + 60
-        while not any("ready" in line for line in lines) and proc.poll() is None:
-            assert time.monotonic() < deadline, "not ready in 60 s:\n" + "".join(lines)
-            time.sleep(0.05)
-        assert proc.poll() is None, "".join(lines)
+    with serving(model, jack_server, tmp_path) as (osc, probe):
         ready = time.monotonic()
-        osc, probe = Osc(port), Probe(jack_server)
         osc.send("/wae/model/info")
         assert osc.expect("/wae/model/info.reply") == ["my-instrument", 3, 22050, *TAGS]
 
         # 5. a note from each fader: /wae/style TAG 1, the other 0
-        notes, standins = {}, []
-        for k, tag in enumerate(TAGS):
-            for other in TAGS:
-                osc.send("/wae/style", other, 1.0 if other == tag else 0.0)
-            osc.send("/wae/sync", k)
-            osc.expect("/wae/synced")
-            for pitch in pitches:           # once, so that the notes below find renders made for this fader
-                osc.send("/wae/note", pitch, 100, 0.1)
-            time.sleep(1.0)
-            osc.send("/wae/status")
-            before = osc.expect("/wae/status.reply")[10]
-            for pitch in pitches:
-                wait_for(lambda: silent(osc))    # the note before released and faded out
-                mark = probe.n
-                osc.send("/wae/note", pitch, 100, NOTE_S)
-                time.sleep(NOTE_S + 0.1)
-                audio = probe.since(mark)[0]
-                loud = np.flatnonzero(np.abs(audio) > 1e-3)
-                assert len(loud), f"{tag} {pitch}: silent"
-                notes[tag, pitch] = audio[loud[0]:loud[0] + int(NOTE_S * RATE)]
-            osc.send("/wae/status")
-            standins.append(osc.expect("/wae/status.reply")[10] - before)
+        notes, standins = play_each_fader(osc, probe, pitches)
 
         # 6. the faders from a MIDI controller (the config's CC 1 and 2), kept as a preset
         osc.send("/wae/notify", 1)
@@ -160,16 +186,6 @@ def test_a_library_with_two_tags_imported_built_served_and_played_from_each_fade
         osc.expect("/done", first="/wae/preset/save")
         preset = yaml.safe_load((tmp_path / "presets" / "bowed-only.yaml").read_text())
         assert preset["styles"] == {"bowed": 1.0, "plucked": 0.0}
-    finally:
-        for client in (osc, probe):
-            if client is not None:
-                client.close()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
     assert standins == [0, 0], "a note played a render made for the other fader"
 
     # 7. each fader's notes sound, at their pitch, and are more alike each other than any note of the other
