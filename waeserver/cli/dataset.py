@@ -49,7 +49,8 @@ def dataset_import(args: argparse.Namespace) -> int:
     meta = import_library(args.src, args.tags, args.out, args.sample_rate)
     for rel, why in meta["rejected"].items():
         print(f"left out {rel}: {why}")
-    print(f"imported {meta['n_notes']} notes in {len(meta['styles'])} styles "
+    n_styles = len(meta["styles"])
+    print(f"imported {meta['n_notes']} notes in {n_styles} style{'' if n_styles == 1 else 's'} "
           f"({', '.join(meta['styles'])}), {len(meta['rejected'])} files left out -> {args.out}")
     return 0
 
