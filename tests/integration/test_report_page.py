@@ -197,10 +197,13 @@ def test_evaluate_writes_a_page_with_animations_and_players(tiny_report):
     assert sf.info(str(sounds[0])).format == "OGG"
 
 
-def test_the_command_refuses_a_history_count_that_does_not_fit(tiny_dataset, tmp_path, capsys):
+def test_the_command_refuses_histories_it_cannot_use_before_any_work(tiny_dataset, tmp_path, capsys):
     assert cli_main(["evaluate", "--model", "a", "b", "--data", str(tiny_dataset), "--out", str(tmp_path / "r"),
                      "--latent-history", "x"]) == 1
     assert "one path per --model (2), got 1" in capsys.readouterr().err
+    assert cli_main(["evaluate", "--model", "a", "--data", str(tiny_dataset), "--out", str(tmp_path / "r"),
+                     "--latent-history", str(tmp_path / "nowhere")]) == 1
+    assert "no latent_history.npz there" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
 

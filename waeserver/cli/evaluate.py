@@ -20,13 +20,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from waeserver.model.evaluation import EvaluateError, ablation_markdown, evaluate
     from waeserver.sound.bundle import load_wae_or_bundle
-    from waeserver.sound.study_page import write_study_page
+    from waeserver.sound.study_page import find_history, write_study_page
 
     if args.latent_history is not None and len(args.latent_history) != len(args.model):
         raise EvaluateError(f"--latent-history needs one path per --model ({len(args.model)}), "
                             f"got {len(args.latent_history)}")
     if args.frames < 2:
         raise EvaluateError(f"--frames must be at least 2, got {args.frames}")
+    for model, history in zip(args.model, args.latent_history or []):
+        find_history(Path(model), history)   # a history that is not there is refused before the work
     report = evaluate(args.model, args.data, args.out, args.device, load=load_wae_or_bundle)
     page = write_study_page(report, args.model, args.data, args.out, args.device, args.latent_history,
                             max_frames=args.frames)
