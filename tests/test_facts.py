@@ -1,4 +1,4 @@
-"""Each fact once: the pitch facts in dsp/pitch.py, YAML read through plain.py, one device picker,
+"""Each fact once: the pitch facts in dsp/pitch.py, YAML read through settings.py, one device picker,
 one style one-hot, one velocity curve, the control limits and checks in live/controls.py. An AST
 scan of the package, so that a second definition or a copied limit fails here."""
 
@@ -25,7 +25,7 @@ HOMES = {
     "finite": "live/controls.py", "number": "live/controls.py", "whole": "live/controls.py",
     "in_range": "live/controls.py", "osc_int": None, "osc_float": None, "_number": None,
     "parse_target": "live/controls.py", "_check_target": None,
-    "read_yaml": "plain.py", "read_mapping": "plain.py",
+    "read_yaml": "settings.py", "read_mapping": "settings.py",
     "make_test_bundle": None,   # a test helper: tests/bundles.py
 }
 # module-level names that only their home may assign
@@ -94,16 +94,16 @@ def test_pitch_facts_live_only_in_dsp_pitch():
     assert not wrong, "; ".join(wrong)
 
 
-def test_yaml_is_read_only_through_plain():
+def test_yaml_is_read_only_through_settings():
     wrong = []
     for rel, tree in modules().items():
-        if rel == "plain.py":
+        if rel == "settings.py":
             continue
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute) and node.attr in ("safe_load", "load", "full_load", "unsafe_load") \
                     and isinstance(node.value, ast.Name) and node.value.id == "yaml":
                 wrong.append(f"{rel}:{node.lineno} yaml.{node.attr}")
-    assert not wrong, "read YAML with waeserver.plain.read_yaml/read_mapping: " + "; ".join(wrong)
+    assert not wrong, "read YAML with waeserver.settings.read_yaml/read_mapping: " + "; ".join(wrong)
 
 
 def test_control_limits_are_named_not_copied():

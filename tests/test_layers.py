@@ -11,10 +11,10 @@ from pathlib import Path
 import waeserver
 
 PACKAGE = Path(waeserver.__file__).parent
-LAYERS = ("plain", "dsp", "data", "model", "sound", "live", "cli")
+LAYERS = ("settings", "dsp", "data", "model", "sound", "live", "cli")
 TRAINING = ("waeserver.model.training", "waeserver.model.losses", "waeserver.model.evaluation",
             "waeserver.model.training_run", "waeserver.sound.inverter_training", "waeserver.sound.finetune",
-            "waeserver.sound.build", "waeserver.sound.bench")
+            "waeserver.sound.pipeline", "waeserver.sound.bench")
 
 
 def modules() -> dict[str, ast.Module]:

@@ -8,7 +8,7 @@ them into sound; a daemon plays them live through JACK from MIDI and OSC.
     wave = waeserver.generate_note(bundle, pitch=60, velocity=100, style=style)   # [T] at bundle.sample_rate
     notes = waeserver.NoteDataset("data/orchestra12")              # a dataset folder, for training
 
-The layers, each importing only those before it: ``plain`` (configs as data), ``dsp``, ``data``,
+The layers, each importing only those before it: ``settings`` (configs as plain data), ``dsp``, ``data``,
 ``model``, ``sound``, ``live``, ``cli`` (docs/ARCHITECTURE.md). The names below load on first
 use, so ``import waeserver`` does not pull in torch.
 """
@@ -28,7 +28,7 @@ API = {
     "import_library": "waeserver.data.user_samples",
     "WAE": "waeserver.model.wae", "ModelConfig": "waeserver.model.wae", "train": "waeserver.model.training",
     "evaluate": "waeserver.model.evaluation",
-    "build_model": "waeserver.sound.build",
+    "build_model": "waeserver.sound.pipeline",
     "ServeConfig": "waeserver.live.config", "Instrument": "waeserver.live.instrument",
     "Daemon": "waeserver.live.daemon", "render_song": "waeserver.live.offline",
 }

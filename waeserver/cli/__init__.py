@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "dataset": ("render, import and inspect note datasets", "dataset", "waeserver.data.dataset"),
     "train": ("train one auto-encoder", "train", "waeserver.model.training"),
     "build-model": ("whole pipeline: auto-encoder, real-time inverter, fine-tune, evaluation, bundle",
-                    "build_model", "waeserver.sound.build"),
+                    "build_model", "waeserver.sound.pipeline"),
     "evaluate": ("the study's metrics and figures", "evaluate", "waeserver.model.evaluation"),
     "generate": ("one note to a WAV file", "generate", "waeserver.sound.generate"),
     "transform": ("the encoder as an audio effect: a recorded note encoded, decoded with another pitch, "

@@ -23,8 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from waeserver.plain import read_yaml
-    from waeserver.sound.build import BuildError, build_model
+    from waeserver.settings import read_yaml
+    from waeserver.sound.pipeline import BuildError, build_model
 
     config = read_build_config(args.config)
     out = build_model(args.data, args.out, args.device, work=args.work, ae_run=args.ae_run,
@@ -42,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
 
 def read_build_config(path: Path | None) -> dict:
     """The ``--config`` file's sections (autoencoder, inverter, finetune), or {}."""
-    from waeserver.plain import read_mapping
-    from waeserver.sound.build import BuildError
+    from waeserver.settings import read_mapping
+    from waeserver.sound.pipeline import BuildError
 
     if path is None:
         return {}

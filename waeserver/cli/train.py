@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from waeserver.model.training import Dist, TrainError, train
-    from waeserver.plain import read_mapping
+    from waeserver.settings import read_mapping
 
     overrides = read_mapping(args.config, "training config", TrainError) if args.config else {}
     for key in ("epochs", "batch_size", "latent"):

@@ -24,7 +24,7 @@ import yaml
 
 from waeserver.dsp.pitch import octave_of, pitch_class
 from waeserver.dsp.spectral import MelSpectrogram, SpectralConfig
-from waeserver.plain import read_mapping, read_yaml
+from waeserver.settings import read_mapping, read_yaml
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from waeserver.data import dataset
 from waeserver.data.recipes import dynamic_name
 from waeserver.dsp.pitch import estimate_pitch, pitch_from_name
 from waeserver.dsp.spectral import SpectralConfig
-from waeserver.plain import read_yaml
+from waeserver.settings import read_yaml
 
 log = logging.getLogger(__name__)
 

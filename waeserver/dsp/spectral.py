@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from waeserver.plain import from_plain
+from waeserver.settings import from_plain
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from waeserver.live.controls import (
 )
 from waeserver.live.midi import curve_exponent
 from waeserver.model.devices import DEVICES, is_device_name
-from waeserver.plain import read_mapping
+from waeserver.settings import read_mapping
 
 
 class ConfigError(ValueError):

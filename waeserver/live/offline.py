@@ -24,7 +24,7 @@ import numpy as np
 import soundfile as sf
 
 from waeserver.live.config import ServeConfig
-from waeserver.plain import read_yaml
+from waeserver.settings import read_yaml
 
 log = logging.getLogger(__name__)
 

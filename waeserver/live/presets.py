@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from waeserver.plain import read_yaml
+from waeserver.settings import read_yaml
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 

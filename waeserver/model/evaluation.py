@@ -45,7 +45,7 @@ from waeserver.dsp.spectral import log_mel_distance, spectral_convergence
 from waeserver.model.devices import pick_device
 from waeserver.model.training import load_wae
 from waeserver.model.wae import WAE, style_onehot
-from waeserver.plain import read_mapping
+from waeserver.settings import read_mapping
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ from waeserver.model.latent_history import LatentRecorder
 from waeserver.model.losses import alpha_schedule, discriminator_loss, fader_loss, rbf_mmd, reconstruction_loss
 from waeserver.model.training_run import CHECKPOINT, Metrics, RunFolder, cosine_lr, progress_bar, save_weights, set_lr
 from waeserver.model.wae import VARIANTS, WAE, ModelConfig, style_onehot
-from waeserver.plain import read_mapping
+from waeserver.settings import read_mapping
 
 log = logging.getLogger(__name__)
 

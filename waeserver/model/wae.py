@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from waeserver.dsp.pitch import N_OCTAVES, N_PITCH_CLASSES, octave_of, pitch_class
-from waeserver.plain import from_plain
+from waeserver.settings import from_plain
 
 VARIANTS = ("wae-mmd", "wae-note", "wae-style", "wae-fader")
 

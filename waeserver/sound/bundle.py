@@ -35,7 +35,7 @@ from waeserver.dsp.pitch import N_OCTAVES, NOTE_NAMES, midi_to_f0
 from waeserver.dsp.spectral import SpectralConfig, griffin_lim, mel_to_linear
 from waeserver.model.devices import pick_device
 from waeserver.model.wae import Decoder, Encoder, ModelConfig
-from waeserver.plain import read_yaml
+from waeserver.settings import read_yaml
 from waeserver.sound.inverters import build_inverter, describe
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from torch import nn
 from waeserver.dsp.pitch import midi_to_f0
 from waeserver.model.training_run import RunFolder, clipped_step, run_steps, save_weights, step_settings
 from waeserver.model.wae import WAE, style_onehot
-from waeserver.plain import from_plain
+from waeserver.settings import from_plain
 from waeserver.sound.inverter_training import load_split
 from waeserver.sound.inverters import describe
 

@@ -39,7 +39,7 @@ from torch.nn import functional as F
 
 from waeserver.dsp.pitch import octaves_from_a4
 from waeserver.dsp.spectral import hz_to_mel, mel_to_hz
-from waeserver.plain import from_plain
+from waeserver.settings import from_plain
 
 
 @dataclass

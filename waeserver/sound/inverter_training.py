@@ -21,7 +21,7 @@ from torch import nn
 
 from waeserver.dsp.pitch import midi_to_f0
 from waeserver.model.training_run import RunFolder, clipped_step, cosine_lr, run_steps, set_lr, step_settings
-from waeserver.plain import from_plain
+from waeserver.settings import from_plain
 from waeserver.sound.inverters import DEFAULT_KIND, build_inverter, describe, load_inverter, new_inverter, save_inverter
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def _starting_inverter(config: InverterTrainConfig, ds, feats: np.ndarray, out: 
     run's (described in ``start.yaml``)."""
     import yaml
 
-    from waeserver.plain import read_mapping
+    from waeserver.settings import read_mapping
 
     start_path = out / "start.yaml"
     if state is not None:

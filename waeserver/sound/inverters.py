@@ -39,7 +39,7 @@ def build_inverter(kind: str, config: dict) -> nn.Module:
 def new_inverter(kind: str, settings: dict) -> nn.Module:
     """A new inverter of ``kind`` with today's defaults for whatever ``settings`` leaves out (a
     config read back from disk goes through :func:`build_inverter`, which knows older defaults)."""
-    from waeserver.plain import from_plain
+    from waeserver.settings import from_plain
 
     if kind not in KINDS:
         raise ValueError(f"unknown inverter kind {kind!r} (known: {', '.join(KINDS)})")
@@ -77,7 +77,7 @@ def load_inverter(path: str | Path, device: str | torch.device = "cpu") -> nn.Mo
     folder of before (``mcnn.safetensors`` plus its bare config)."""
     from safetensors.torch import load_file
 
-    from waeserver.plain import read_yaml
+    from waeserver.settings import read_yaml
 
     path = Path(path)
     if path.is_dir():

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from waeserver.plain import from_plain
+from waeserver.settings import from_plain
 
 
 @dataclass

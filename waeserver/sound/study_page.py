@@ -27,7 +27,7 @@ import torch
 
 from waeserver.data.dataset import NoteDataset
 from waeserver.model.latent_history import HISTORY_FILE, LatentHistory, animate
-from waeserver.plain import read_mapping
+from waeserver.settings import read_mapping
 from waeserver.sound.bundle import pick_device
 from waeserver.sound.sound_sets import NOTES_PER_SET, Voice, load_voice, sound_sets
 

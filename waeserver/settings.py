@@ -1,4 +1,4 @@
-"""Configs as plain data: dataclasses written to YAML and read back, refusing unknown keys."""
+"""Settings as plain data: dataclasses from YAML mappings, refusing unknown keys; YAML read with one clear error."""
 
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import yaml
 
 from waeserver.dsp.pitch import NOTE_NAMES
-from waeserver.plain import read_mapping
+from waeserver.settings import read_mapping
 
 log = logging.getLogger(__name__)
 

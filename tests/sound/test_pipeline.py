@@ -9,9 +9,9 @@ from bundles import make_test_bundle
 
 from waeserver.cli import main
 from waeserver.sound import finetune
-from waeserver.sound.build import STAGES, BuildError, build_model
 from waeserver.sound.bundle import load_bundle
 from waeserver.sound.generate import generate_note
+from waeserver.sound.pipeline import STAGES, BuildError, build_model
 
 TINY_INVERTER = {"kind": "harmonic", "steps": 2, "batch_size": 2, "crop_frames": 8, "log_every": 1,
                  "model": {"hidden": 8, "max_harmonics": 16}}
