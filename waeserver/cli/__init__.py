@@ -25,7 +25,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("train one auto-encoder", "train", "waeserver.model.training"),
     "build-model": ("whole pipeline: auto-encoder, real-time inverter, fine-tune, evaluation, bundle",
                     "build_model", "waeserver.sound.pipeline"),
-    "evaluate": ("the study's metrics and figures", "evaluate", "waeserver.model.evaluation"),
+    "evaluate": ("the study's metrics and figures, and REPORT/index.html: the study shown (tables, figures, "
+                 "the latent space over training, sound sets)", "evaluate", "waeserver.model.evaluation"),
     "generate": ("one note to a WAV file", "generate", "waeserver.sound.generate"),
     "transform": ("the encoder as an audio effect: a recorded note encoded, decoded with another pitch, "
                   "velocity or style", "transform", "waeserver.sound.transform"),
