@@ -52,9 +52,9 @@ fork {{
     assert "HELP true UNDOCUMENTED [  ]" in out
     assert "FAILED" not in out, out[-3000:]
     methods = set(re.findall(r"^\s*(test_\w+) \{", (QUARK / "Tests" / "TestWae.sc").read_text(), re.M))
-    assert len(methods) >= 9 and set(re.findall(r"^PASSED (\w+)", out, re.M)) == methods
+    assert len(methods) >= 10 and set(re.findall(r"^PASSED (\w+)", out, re.M)) == methods
     passes, failures = map(int, re.search(r"^COUNT (\d+) (\d+)", out, re.M).groups())
-    assert (passes, failures) == (43, 0)              # every assertion of every test method
+    assert (passes, failures) == (52, 0)              # every assertion of every test method
 
 
 def test_scsynth_hears_the_daemon_and_reads_its_renders(daemon, tmp_path):

@@ -97,6 +97,9 @@ Wae {
 				this.prAnswer('/wae/render', (name: msg[1].asSymbol, path: msg[2].asString,
 					frames: msg[3].asInteger, sampleRate: msg[4].asInteger));
 			}),
+			// the latent point set from a take or a file, answered to the request's address
+			this.prOn('/wae/sample.reply', { |msg| this.prAnswer('/wae/sample/record', msg[1..].collect(_.asFloat)) }),
+			this.prOn('/wae/encode.reply', { |msg| this.prAnswer('/wae/encode', msg[1..].collect(_.asFloat)) }),
 			this.prOn('/wae/version.reply', { |msg| this.prAnswer('/wae/version', msg[1..].collect(_.asString)) }),
 			this.prOn('/wae/synced', { |msg|
 				var id = msg[1].asInteger, done = waiting.select { |w| w[0] <= id };
@@ -179,6 +182,12 @@ Wae {
 		};
 		this.render(name, pitch, velocity, { |reply| Buffer.read(server, reply.path, action: action) })
 	}
+
+	// --- live sampling -----------------------------------------------------------------------------
+	// `seconds` (0.1 to 10) of the daemon's JACK input in_1, or a sound file on its machine, encoded:
+	// the latent point is set from the note; action.(point), an Array of Floats
+	sample { |seconds, action| this.prQuery(action, ['/wae/sample/record', seconds.asFloat]) }
+	encode { |path, action| this.prQuery(action, ['/wae/encode', path.asString]) }
 
 	// A Routine fading style `from` into style `to` over `seconds`, in `steps` + 1 /wae/mix messages.
 	morph { |from, to, seconds = 8, steps = 64|

@@ -124,4 +124,33 @@ TestWae : UnitTest {
 		this.wait({ fails.size > 0 }, "a bad name refused", 5);
 		this.assertEquals(fails[0][0], '/wae/render', "refused");
 	}
+
+	test_encode_sets_the_latent_point_and_a_refused_sample_changes_nothing {
+		var path = PathName.tmp +/+ "wae-unit-test-%.wav".format(Date.getDate.stamp), rate = 22050, file;
+		var size = this.answer { |done| wae.info(done) }.latentSize, point, zs = List.new, called = false, count;
+		// a second of A4 with a 10 ms attack and a decay: a clear pitch for the daemon's checks
+		var wave = Signal.fill(rate, { |i| var t = i / rate; sin(2pi * 440 * t) * 0.5 * min(t / 0.01, 1) * exp(-2 * t) });
+		file = SoundFile.new.headerFormat_("WAV").sampleFormat_("float").numChannels_(1).sampleRate_(rate);
+		this.assert(file.openWrite(path), "the test's WAV opened at " ++ path);
+		file.writeData(wave);
+		file.close;
+		wae.onState = { |key, values| if(key == \z) { zs.add(values) } };
+		this.assert(this.answer { |done| wae.z(0 ! size, done) } == true, "z at the origin first");
+		point = this.answer { |done| wae.encode(path, done) };
+		File.delete(path);
+		this.assert(point.notNil, "an encode reply");
+		this.assertEquals(point.size, size, "one number per latent dimension");
+		this.assert(point.every(_.isKindOf(Float)) and: { point.any(_ != 0) }, "floats, away from the origin");
+		this.wait({ zs.any { |z| (z - point).abs.maxItem < 1e-5 } }, "/wae/state z with the point", 5);
+		count = zs.size;
+		// out of range (0.1 to 10 s): refused, its action not called, the point where it was
+		wae.sample(0.05, { called = true });
+		wae.encode("/nonexistent/wae-unit-test.wav");
+		this.wait({ fails.size >= 2 }, "two refusals", 5);
+		this.assertEquals(fails.collect(_.first), ['/wae/sample/record', '/wae/encode'], "the refused addresses");
+		this.assert(fails[1][1].contains("no such file"), "the reason names the missing file");
+		this.answer { |done| wae.sync(done) };
+		this.assert(called.not, "the refused sample's action");
+		this.assertEquals(zs.size, count, "no z change after the refusals");
+	}
 }
