@@ -41,8 +41,6 @@ STYLES = ["piano", "flute", "violin"]
 
 # The OSC address space: address -> its type tags (i int, f float, s string) as a regex.
 CONTRACT = {address: spec.tags for address, spec in ADDRESSES.items()}
-# Addresses the clients need not send: live sampling is the daemon's, the Wae class has no method for it yet.
-CLIENTS_LEAVE_OUT = {"/wae/encode", "/wae/sample/record"}
 
 
 def follows_contract(address: str, tags: str) -> bool:
@@ -142,6 +140,8 @@ def daemon_like_answers(styles=STYLES) -> dict:
         "/wae/model/info": lambda a: [("/wae/model/info.reply", ["test-bundle", 3, 22050, *styles])],
         "/wae/preset/list": lambda a: [("/wae/preset/list.reply", ["intro", "verse"])],
         "/wae/status": lambda a: [("/wae/status.reply", [0, 0, 0.1, 1.0, 2.0, 3.0, 0, 0, "cpu", "test-bundle"])],
+        "/wae/sample/record": lambda a: [("/wae/sample.reply", [0.5, -1.0, 0.25])],
+        "/wae/encode": lambda a: [("/wae/encode.reply", [0.125, 0.0, -2.0])],
     }
 
 
@@ -189,7 +189,7 @@ def sc_path(path: Path) -> str:
     return json.dumps(str(path))  # a double-quoted string, valid in sclang too
 
 
-SHOWN = ("model", "styles", "status", "presets", "note-on", "note-off", "refused")
+SHOWN = ("model", "styles", "status", "presets", "note-on", "note-off", "refused", "point")
 
 
 def run_pd(port: int, actions: str, tmp_path: Path, run_ms: int = 1500) -> str:
@@ -245,6 +245,8 @@ fork {{
     ~wae.presetSave(\\intro); ~wae.presetLoad(\\intro); ~wae.presetList; ~wae.loadModel("/nowhere");
     ~wae.status {{ |st| ("STATUS " ++ st.model ++ " " ++ st.cpuLoad).postln }};
     ~wae.notify(1); ~wae.sync; ~wae.version; ~wae.render(\\n1, 60); ~wae.render(\\n2, 60, 90); ~wae.panic;
+    ~wae.sample(1.5) {{ |point| ("SAMPLED " ++ point.join(",")).postln }};
+    ~wae.encode("/tmp/note.wav") {{ |point| ("ENCODED " ++ point.join(",")).postln }};
     Pdef(\\waeMelody).play(quant: 0); Tdef(\\waeMorph).play(quant: 0); Pdef(\\waeSwell).play(quant: 0);
     1.2.wait;
     Pdef(\\waeMelody).stop; Tdef(\\waeMorph).stop; Pdef(\\waeSwell).stop;
@@ -255,10 +257,13 @@ fork {{
     assert "STYLES piano,flute,violin" in out  # the class parsed /wae/model/info.reply
     assert "PRESETS intro,verse" in out
     assert "STATUS test-bundle 0.1" in out     # named fields
+    assert "SAMPLED 0.5,-1.0,0.25" in out and "ENCODED 0.125,0.0,-2.0" in out   # the points, as Floats
     assert_all_follow_contract(peer)
     sent = {a for a, *_ in peer.received}
-    assert set(CONTRACT) - CLIENTS_LEAVE_OUT <= sent, f"helpers never sent {set(CONTRACT) - CLIENTS_LEAVE_OUT - sent}"
+    assert set(CONTRACT) <= sent, f"helpers never sent {set(CONTRACT) - sent}"
     assert ("iif", [60, 100, 0.5]) in peer.messages("/wae/note")
+    assert peer.messages("/wae/sample/record") == [("f", [1.5])]
+    assert peer.messages("/wae/encode") == [("s", ["/tmp/note.wav"])]
     # The Pbind: dorian from middle C, dur 0.25 * legato 0.5 at tempo 1 -> 0.125 s, velocity 110,
     # each note in a bundle tagged s.latency (0.2 s) ahead, the tags as far apart as the durations
     pattern = [(tag, arrival, args) for arrival, tag, address, args in peer.tagged if address == "/wae/note"]
@@ -319,7 +324,8 @@ def test_pd_patch_sends_the_contract_and_names_faders_from_the_reply(tmp_path):
             wae-key 12; wae-note 62 90 0.25; wae-fader-1 1.5; wae-fader-2 0.25; wae-fader-4 1;
             wae-z-1 0.5; wae-zrandom bang; wae-zmode 1; wae-gain 0.8; wae-panic bang;
             wae-mix piano 0.5 violin 0.5;
-            wae-preset-save intro; wae-preset-load intro; wae-poll 1""", tmp_path)
+            wae-preset-save intro; wae-preset-load intro; wae-poll 1; wae-sample 1.5; wae-encode /tmp/note.wav""",
+                     tmp_path)
     finally:
         peer.close()
     assert_all_follow_contract(peer)
@@ -335,6 +341,8 @@ def test_pd_patch_sends_the_contract_and_names_faders_from_the_reply(tmp_path):
     assert peer.messages("/wae/preset/load") == [("s", ["intro"])]
     assert len(peer.messages("/wae/status")) >= 1
     assert peer.messages("/wae/z/mode") == [("s", ["per-note"])]
+    assert peer.messages("/wae/sample/record") == [("f", [1.5])]
+    assert peer.messages("/wae/encode") == [("s", ["/tmp/note.wav"])]
     # the replies reach the patch's displays (Pd prints a list that starts with a name as "list ...")
     assert "show-model: list test-bundle 3 22050" in err
     assert "show-styles: list piano flute violin" in err
@@ -343,6 +351,7 @@ def test_pd_patch_sends_the_contract_and_names_faders_from_the_reply(tmp_path):
     assert "show-note-on: 60" in err
     assert "show-refused: list /wae/note a\\ test\\ refusal" in err
     assert "wae-fail: /wae/note a\\ test\\ refusal" in err
+    assert "show-point: 0.5 -1 0.25" in err and "show-point: 0.125 0 -2" in err   # both replies' points
 
 
 # --- Max, as JSON ----------------------------------------------------------------------------------
@@ -430,7 +439,7 @@ def test_max_package_is_laid_out_and_its_abstractions_wired():
     assert info["name"] == "waeserver" and info["version"] and info["max_version_min"] >= "8"
     assert set(info["os"]) == {"macintosh", "windows"}
     assert (MAXPKG / "help" / info["homepatcher"]).is_file()
-    names = ("wae.client", "wae.note", "wae.style", "wae.render")
+    names = ("wae.client", "wae.note", "wae.style", "wae.render", "wae.sample")
     assert {p.stem for p in (MAXPKG / "patchers").glob("*.maxpat")} == set(names)
     patches = {n: MaxPatch(MAXPKG / "patchers" / f"{n}.maxpat") for n in names}
     helps = {n: MaxPatch(MAXPKG / "help" / f"{n}.maxhelp") for n in names}
@@ -476,6 +485,20 @@ def test_max_package_is_laid_out_and_its_abstractions_wired():
     assert r.reaches(r.one("newobj", "strippath"), r.one("newobj", "sprintf symout %s/%s"))
     assert r.reaches(r.one("newobj", "route folder"), r.one("newobj", "zl reg"))
     assert any(r.reaches(buffer, o) for o in r.find("outlet"))       # bang when loaded
+
+    # wae.sample: seconds (as a float: the contract's f) to /wae/sample/record, 'encode PATH' to
+    # /wae/encode; either reply's point out of the left outlet, their refusals' reasons out of the right
+    sm = patches["wae.sample"]
+    record, encode_file = sm.one("newobj", "prepend /wae/sample/record"), sm.one("newobj", "prepend /wae/encode")
+    assert sm.reaches(sm.one("inlet"), encode_file) and sm.reaches(sm.one("newobj", "t f"), record)
+    assert sm.reaches(sm.one("inlet"), sm.one("newobj", "t f"))
+    assert all(sm.reaches(p, sm.one("newobj", "s wae.send")) for p in (record, encode_file))
+    point, reason = sorted(sm.find("outlet"), key=lambda o: sm.boxes[o]["patching_rect"][0])
+    replies = sm.one("newobj", "route /wae/sample.reply /wae/encode.reply /fail")
+    refused = sm.one("newobj", "route /wae/sample/record /wae/encode")
+    assert sm.reaches(sm.one("newobj", "r wae.reply"), replies)
+    assert ([replies, 0], [point, 0]) in sm.lines and ([replies, 1], [point, 0]) in sm.lines
+    assert ([replies, 2], [refused, 0]) in sm.lines and sm.reaches(refused, reason) and not sm.reaches(refused, point)
 
     # every help file holds its abstraction with the inlets and outlets it has, and a wae.client
     for name, patch in patches.items():
@@ -757,14 +780,32 @@ fork {{
     assert daemon.rms(start, end) > 1e-4 and daemon.rms(0, start) < daemon.rms(start, end)
 
 
+def write_tone(path: Path, rate: int = 22050) -> Path:
+    """A second of A4, 10 ms attack and a decay: a note with a clear pitch to encode."""
+    import numpy as np
+    import soundfile as sf
+
+    t = np.arange(rate) / rate
+    sf.write(path, 0.5 * np.sin(2 * np.pi * 440 * t) * np.minimum(t / 0.01, 1) * np.exp(-2 * t), rate)
+    return path
+
+
 def test_pd_plays_the_daemon(daemon, tmp_path):
     before = daemon.status()
     start = time.monotonic()
-    console = run_pd(daemon.port, "wae-fader-2 1.25; wae-key 12; wae-note 64 110 0.4; wae-z-0 1; wae-poll 1",
-                     tmp_path, run_ms=1000)
+    tone = write_tone(tmp_path / "tone.wav")
+    # the encode first: a fresh daemon's first one takes some 1.4 s here (its sampler's first imports)
+    console = run_pd(daemon.port, f"wae-z-0 1; wae-encode {tone}; wae-sample 0.05; wae-fader-2 1.25; wae-key 12; "
+                     "wae-note 64 110 0.4; wae-poll 1", tmp_path, run_ms=3000)
     end = time.monotonic()
     assert [1.0, 0.0, 1.25] in fader_states(daemon)              # fader 2 named violin by the daemon
-    assert [1.0, 0.0, 0.0] in [args[1:] for _, args in daemon.monitor.messages("/wae/state") if args[0] == "z"]
+    zs = [args[1:] for _, args in daemon.monitor.messages("/wae/state") if args[0] == "z"]
+    assert [1.0, 0.0, 0.0] in zs
+    # the file's point reached the display and is the one the daemon set last; 0.05 s is refused
+    shown = [line.split(": ", 1)[1] for line in console.splitlines() if line.startswith("show-point:")]
+    assert len(shown) == 1, console[-2000:]
+    assert [float(v) for v in shown[0].split()] == pytest.approx(zs[-1], abs=1e-5) and zs[-1] != [1.0, 0.0, 0.0]
+    assert "show-refused: list /wae/sample/record" in console
     assert {60, 64} <= set(notes_started(daemon))
     # the daemon's replies and events reached the patch's displays
     assert "show-styles: list piano flute violin" in console
