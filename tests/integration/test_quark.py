@@ -57,16 +57,19 @@ fork {{
     assert (passes, failures) == (52, 0)              # every assertion of every test method
 
 
-def test_scsynth_hears_the_daemon_and_reads_its_renders(daemon, tmp_path):
-    """The contract's way in: SC_JACK_DEFAULT_INPUTS set before booting, then SoundIn."""
+def test_scsynth_hears_the_daemon_reads_its_renders_and_is_sampled_by_it(daemon, tmp_path):
+    """The contract's way in: SC_JACK_DEFAULT_INPUTS set before booting, then SoundIn; and out:
+    scsynth's first output into the daemon's in_1, a tone played while `w.sample` records it."""
     heard, rendered = tmp_path / "heard.wav", tmp_path / "rendered.wav"
+    before = daemon.inst.state.z.copy()
     out = run_sclang(f"""
 "SC_JACK_DEFAULT_INPUTS".setenv("waeserver");
+"SC_JACK_DEFAULT_OUTPUTS".setenv("waeserver:in_1");
 s = Server.default;
 s.options.numInputBusChannels = 2;
 s.options.numOutputBusChannels = 2;
 s.waitForBoot {{
-    var w = Wae(NetAddr("127.0.0.1", {daemon.cfg.osc_port})), b, buf;
+    var w = Wae(NetAddr("127.0.0.1", {daemon.cfg.osc_port})), b, buf, point;
     b = Buffer.alloc(s, s.sampleRate * 1.5, 1);
     s.sync;
     {{ RecordBuf.ar(SoundIn.ar(0), b, loop: 0, doneAction: 2); Silent.ar }}.play;
@@ -79,6 +82,13 @@ s.waitForBoot {{
     ("RENDERED " ++ buf.numFrames ++ " " ++ buf.path).postln;
     buf.write({sc_path(rendered)}, "wav", "float");
     s.sync;
+    // 1.2 s of in_1 from now; the tone starts 0.1 s into the take (the note must fill half the model's)
+    w.onFail = {{ |address, reason| ("REFUSED " ++ reason).postln; point = [] }};
+    w.sample(1.2) {{ |p| point = p }};
+    0.1.wait;
+    {{ SinOsc.ar(440, 0, 0.5) * EnvGen.kr(Env.perc(0.01, 1.2), doneAction: 2) }}.play;
+    while {{ point.isNil }} {{ 0.05.wait }};
+    ("SAMPLED " ++ point.join(" ")).postln;
     s.quit;
     0.3.wait;
     0.exit;
@@ -93,3 +103,8 @@ s.waitForBoot {{
     note, _ = sf.read(rendered)
     np.testing.assert_allclose(note, sf.read(path)[0], atol=1e-6)       # the Buffer holds the render
     assert estimate_pitch(note, rate).midi == pytest.approx(64, abs=0.3)
+    # the tone went through JACK into the daemon, whose point is the one w.sample answered
+    assert "connected  SuperCollider:out_1 to waeserver:in_1" in out and "REFUSED" not in out, out[-2000:]
+    point = [float(v) for v in re.search(r"^SAMPLED (.*)$", out, re.M).group(1).split()]
+    assert len(point) == len(before) and point == pytest.approx(daemon.inst.state.z.tolist(), abs=1e-6)
+    assert not np.allclose(point, before)
