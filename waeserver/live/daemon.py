@@ -58,6 +58,7 @@ class Daemon:
         self.inst = inst = Instrument(bundle, cfg, rate, worker=worker)
         inst.note_files.threaded = True   # never in the OSC thread
         inst.renderer.warm_up()
+        inst.sampler.warm_up(bundle)
         seconds = inst.renderer.fill()
         log.info("rendered %d pitches ahead, at velocities %s each, in %.2f s (one priority pitch: %.1f ms)",
                  inst.cache.n_fresh(), "/".join(map(str, inst.cache.velocities)), seconds, inst.cache.expected_ms)

@@ -89,6 +89,17 @@ class Sampler:
         self._unfinished: list[np.ndarray] = []   # takes JACK never completed: it may still write them
         self._jobs = JobThread("waeserver-sampler", self._run, PENDING_MAX, "samplings")
 
+    def warm_up(self, bundle) -> None:
+        """Pay the first sampling's one-time costs at start, not on a performer's first take: the
+        sound-file reader's resampler import (scipy.signal, 1.1 s on the development VM) and a
+        first pass of the note finding, pitch check and encoder (a tone; the latent point is kept)."""
+        if bundle.encoder is None:
+            return
+        import scipy.signal  # noqa: F401  (what load_mono resamples with)
+
+        tone = 0.3 * np.sin(2 * np.pi * 440.0 * np.arange(bundle.n_samples) / bundle.sample_rate)
+        encode(bundle, take_note(bundle, tone, bundle.sample_rate, take=False))
+
     def record(self, bundle, seconds: float, rate: int, done: Done) -> None:
         """``seconds`` of ``in_1`` (JACK at ``rate`` Hz) from the period after the job starts."""
         self._check(bundle)
