@@ -186,3 +186,15 @@ def test_unknown_style_name_is_refused(test_bundle):
     assert b.style_weights({"flute": 0.5}).tolist() == [0.0, 0.5, 0.0]
     with pytest.raises(BundleError, match="unknown style 'tuba'"):
         b.style_weights({"tuba": 1.0})
+
+
+def test_the_autoencoder_summary_is_found_however_deep_rebuilds_nested_it():
+    from waeserver.sound.bundle import autoencoder_training
+
+    summary = {"epochs_run": 80, "train_seconds": 267.5}
+    nested = {"training": {"autoencoder": "runs/b", "autoencoder_summary": {
+        "autoencoder": "runs/a", "autoencoder_summary": summary}}}
+    assert autoencoder_training(nested) == summary
+    assert autoencoder_training({"training": summary}) == summary
+    assert autoencoder_training({"training": {"autoencoder": "runs/a"}}) == {}
+    assert autoencoder_training({}) == {}

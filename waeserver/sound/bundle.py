@@ -211,10 +211,20 @@ def load_wae_or_bundle(path: str | Path, device: torch.device):
         raise EvaluateError(f"{path}: the bundle has no encoder, so its latent cannot be measured")
     wae = WAE(bundle.decoder.cfg)
     wae.encoder, wae.decoder, wae.discriminator = bundle.encoder, bundle.decoder, None
-    training = bundle.card.get("training")
     return wae.to(device).eval(), {"variant": bundle.decoder.cfg.variant, "styles": bundle.styles,
                                    "spectral": bundle.spectral.to_dict(),
-                                   "training": training if isinstance(training, dict) else {}}
+                                   "training": autoencoder_training(bundle.card)}
+
+
+def autoencoder_training(card: dict) -> dict:
+    """The auto-encoder's training summary (epochs run, seconds, best epoch...) in a card: a bundle
+    rebuilt from another (``build-model --from-bundle``) nests its source's summary one level deeper
+    under ``autoencoder_summary`` for every rebuild."""
+    training = card.get("training")
+    while isinstance(training, dict) and "epochs_run" not in training \
+            and isinstance(training.get("autoencoder_summary"), dict):
+        training = training["autoencoder_summary"]
+    return training if isinstance(training, dict) and "epochs_run" in training else {}
 
 
 def load_bundle(path_or_name: str | Path, device: str | torch.device = "cpu") -> Bundle:
