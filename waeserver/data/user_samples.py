@@ -27,7 +27,6 @@ from __future__ import annotations
 import csv
 import fnmatch
 import logging
-from math import gcd
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -36,6 +35,7 @@ import soundfile as sf
 from waeserver.data import dataset
 from waeserver.data.recipes import dynamic_name
 from waeserver.dsp.pitch import estimate_pitch, pitch_from_name
+from waeserver.dsp.resample import to_rate
 from waeserver.dsp.spectral import SpectralConfig
 from waeserver.settings import read_yaml
 
@@ -142,15 +142,9 @@ def tags_for(relpath: str, rules: list[tuple[str, dict]]) -> dict:
 
 
 def load_mono(path: Path, sample_rate: int) -> np.ndarray:
-    """Any readable WAV/FLAC/AIFF as mono float32 at ``sample_rate``."""
-    from scipy.signal import resample_poly
-
+    """Any readable WAV/FLAC/AIFF as mono float32 at ``sample_rate`` (the project's one resampler)."""
     wave, sr = sf.read(path, dtype="float32", always_2d=True)
-    wave = wave.mean(axis=1)
-    if sr != sample_rate:
-        g = gcd(int(sr), int(sample_rate))
-        wave = resample_poly(wave, sample_rate // g, int(sr) // g).astype(np.float32)
-    return wave
+    return to_rate(wave.mean(axis=1)[None], int(sr), int(sample_rate))[0]
 
 
 def trim_leading_silence(wave: np.ndarray, threshold_db: float = -50.0) -> np.ndarray:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from waeserver.dsp.pitch import estimate_pitch
+from waeserver.dsp.pitch import A4_HZ, estimate_pitch
 from waeserver.dsp.resample import to_rate
 from waeserver.live.controls import ControlError
 from waeserver.live.jobs import JobThread
@@ -90,14 +90,11 @@ class Sampler:
         self._jobs = JobThread("waeserver-sampler", self._run, PENDING_MAX, "samplings")
 
     def warm_up(self, bundle) -> None:
-        """Pay the first sampling's one-time costs at start, not on a performer's first take: the
-        sound-file reader's resampler import (scipy.signal, 1.1 s on the development VM) and a
-        first pass of the note finding, pitch check and encoder (a tone; the latent point is kept)."""
+        """A first pass of the note finding, pitch check and encoder at start (a tone; the latent
+        point is kept), so that a performer's first take does not pay their first-call costs."""
         if bundle.encoder is None:
             return
-        import scipy.signal  # noqa: F401  (what load_mono resamples with)
-
-        tone = 0.3 * np.sin(2 * np.pi * 440.0 * np.arange(bundle.n_samples) / bundle.sample_rate)
+        tone = 0.3 * np.sin(2 * np.pi * A4_HZ * np.arange(bundle.n_samples) / bundle.sample_rate)
         encode(bundle, take_note(bundle, tone, bundle.sample_rate, take=False))
 
     def record(self, bundle, seconds: float, rate: int, done: Done) -> None:
