@@ -33,7 +33,8 @@ TAGS = ("bowed", "plucked")
 FEW_STEPS = {"autoencoder": {"epochs": 30, "batch_size": 4, "lr": 0.002},
              "inverter": {"steps": 20, "max_minutes": 0, "batch_size": 4, "crop_frames": 16, "log_every": 5,
                           "model": {"hidden": 16, "max_harmonics": 40}},
-             "finetune": {"steps": 10, "max_minutes": 0, "batch_size": 4, "crop_frames": 16, "log_every": 5}}
+             "finetune": {"steps": 10, "max_minutes": 0, "batch_size": 4, "crop_frames": 16, "log_every": 5},
+             "evaluate": {"per_style": 8, "classifier_epochs": 8}}
 NOTE_S = 0.8
 
 

@@ -22,7 +22,8 @@ TINY_AE = {"epochs": 2, "batch_size": 16, "model": {"enc_channels": 16, "dec_cha
 def test_a_whole_build_interrupted_after_a_stage_resumes_from_the_stages_done(tiny_dataset, tmp_path, monkeypatch):
     work, out = tmp_path / "work", tmp_path / "tiny-bundle"
     settings = dict(device="cpu", work=work, ae_config=TINY_AE, inverter_config=TINY_INVERTER,
-                    finetune_config=TINY_FINETUNE, progress=False)
+                    finetune_config=TINY_FINETUNE, evaluate_config={"per_style": 4, "classifier_epochs": 3},
+                    progress=False)
 
     def ctrl_c(*args, **kwargs):
         raise KeyboardInterrupt
@@ -43,6 +44,8 @@ def test_a_whole_build_interrupted_after_a_stage_resumes_from_the_stages_done(ti
     assert bundle.default_inverter == "harmonic" and list(bundle.inverters) == ["harmonic"]
     assert bundle.encoder is not None
     assert set(bundle.card["evaluation"]["autoencoder"]["judges_test_accuracy"]) == {"pitch_class", "octave", "style"}
+    judges = yaml.safe_load((work / "evaluate" / "classifiers.yaml").read_text())
+    assert judges["epochs"] == 3                                   # the evaluate section was used
     low, high = bundle.pitch_range
     wave = generate_note(bundle, (low + high) // 2, velocity=100)
     # a few training steps make a quiet note, but a note: the bundle's length, finite, not silence
@@ -90,3 +93,11 @@ def test_a_build_from_a_bundle_of_other_data_or_with_both_sources_is_refused(tin
     err = capsys.readouterr().err.strip()
     assert "unknown fine-tuning settings: stepz" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "x").exists() and not (tmp_path / "w3").exists()
+    for section, message in (("evaluate: {per_style: 0}", "evaluate per_style must be a whole number"),
+                             ("evaluate: {judges: 3}", "unknown evaluate settings: judges")):
+        bad.write_text(section + "\n")
+        assert main(["build-model", "--data", str(tiny_dataset), "--out", str(tmp_path / "x"), "--work",
+                     str(tmp_path / "w4"), "--config", str(bad)]) == 1
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
+        assert not (tmp_path / "w4").exists()

@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inverter-run", "--mcnn-run", type=Path, dest="inverter_run",
                    help="reuse this trained inverter (folder with inverter.safetensors or mcnn.safetensors)")
     p.add_argument("--work", type=Path, help="stages and checkpoints (default runs/build-NAME)")
-    p.add_argument("--config", type=Path, help="YAML with autoencoder, inverter, finetune sections")
+    p.add_argument("--config", type=Path, help="YAML with autoencoder, inverter, finetune, evaluate sections")
     p.add_argument("--no-encoder", action="store_true", help="leave the encoder out of the bundle")
 
 
@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     out = build_model(args.data, args.out, args.device, work=args.work, ae_run=args.ae_run,
                       inverter_run=args.inverter_run, inverter_config=config.get("inverter"),
                       finetune_config=config.get("finetune"), ae_config=config.get("autoencoder"),
+                      evaluate_config=config.get("evaluate"),
                       keep_encoder=not args.no_encoder, from_bundle=args.from_bundle)
     card = read_yaml(out / "card.yaml", "bundle card", BuildError)
     pitch = card["evaluation"]["pitch"]
@@ -41,15 +42,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def read_build_config(path: Path | None) -> dict:
-    """The ``--config`` file's sections (autoencoder, inverter, finetune), or {}."""
+    """The ``--config`` file's sections (autoencoder, inverter, finetune, evaluate), or {}."""
     from waeserver.settings import read_mapping
     from waeserver.sound.pipeline import BuildError
 
     if path is None:
         return {}
     config = read_mapping(path, "build settings", BuildError)
-    unknown = set(config) - {"autoencoder", "inverter", "finetune"}
+    unknown = set(config) - {"autoencoder", "inverter", "finetune", "evaluate"}
     if unknown:
         raise BuildError(f"unknown build settings: {', '.join(sorted(unknown))} "
-                         "(expected autoencoder, inverter, finetune)")
+                         "(expected autoencoder, inverter, finetune, evaluate)")
     return config

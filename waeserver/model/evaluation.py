@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 ATTRIBUTES = ("pitch_class", "octave", "style")
 GEN_PER_STYLE = 100
+CLASSIFIER_EPOCHS = 40   # the judges' training epochs (best by validation accuracy)
 SPECTRUM_FRAME = 24  # the frame whose spectrum is overlaid in the reconstruction figure (~0.28 s in)
 
 
@@ -95,7 +96,7 @@ def classify(clf: AttributeClassifier, mel: torch.Tensor) -> dict[str, np.ndarra
     return {k: torch.cat([p[k] for p in parts]).cpu().numpy() for k in ATTRIBUTES}
 
 
-def train_classifiers(ds: NoteDataset, device: torch.device, epochs: int = 40, seed: int = 0,
+def train_classifiers(ds: NoteDataset, device: torch.device, epochs: int = CLASSIFIER_EPOCHS, seed: int = 0,
                       progress: bool = True) -> tuple[AttributeClassifier, dict]:
     """Train the judges on the train split (best epoch by validation accuracy); returns (model, test accuracy)."""
     feats = np.asarray(ds.features())
@@ -140,7 +141,8 @@ def _dataset_digest(ds: NoteDataset) -> str:
 
 
 def load_or_train_classifiers(ds: NoteDataset, report: Path, device: torch.device,
-                              progress: bool = True, epochs: int = 40) -> tuple[AttributeClassifier, dict]:
+                              progress: bool = True,
+                              epochs: int = CLASSIFIER_EPOCHS) -> tuple[AttributeClassifier, dict]:
     """The judges cached in REPORT for this dataset, or freshly trained (and cached)."""
     weights, card = report / "classifiers.safetensors", report / "classifiers.yaml"
     digest = _dataset_digest(ds)
@@ -155,7 +157,7 @@ def load_or_train_classifiers(ds: NoteDataset, report: Path, device: torch.devic
     save_file({k: v.cpu().contiguous() for k, v in clf.state_dict().items()}, str(weights))
     card.write_text(yaml.safe_dump({"data": str(ds.root.resolve()), "manifest_sha1": digest,
                                     "styles": list(ds.styles), "offset": clf.offset, "scale": clf.scale,
-                                    "test_accuracy": accuracy}, sort_keys=False))
+                                    "epochs": epochs, "test_accuracy": accuracy}, sort_keys=False))
     return clf, accuracy
 
 
@@ -333,7 +335,7 @@ def _figure_latents(path: Path, ds: NoteDataset, latents: dict[str, tuple[np.nda
 
 def evaluate(runs: list[str | Path], data_dir: str | Path, out_dir: str | Path, device: str = "auto",
              progress: bool = True, seed: int = 0, per_style: int = GEN_PER_STYLE,
-             classifier_epochs: int = 40, load=load_wae) -> dict:
+             classifier_epochs: int = CLASSIFIER_EPOCHS, load=load_wae) -> dict:
     """Evaluate trained runs on a dataset; writes REPORT and returns the report dict.
 
     ``load(path, device) -> (WAE, meta)`` reads each run: a training folder by default

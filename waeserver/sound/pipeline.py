@@ -31,7 +31,8 @@ from pathlib import Path
 import yaml
 
 from waeserver.dsp.pitch import NOTE_NAMES
-from waeserver.settings import read_mapping
+from waeserver.model.evaluation import CLASSIFIER_EPOCHS, GEN_PER_STYLE
+from waeserver.settings import from_plain, read_mapping
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,20 @@ def _autoencoder_summary(report: dict) -> dict:
 
 
 @dataclass
+class EvaluateStageConfig:
+    """The ``evaluate`` section of a build config: the study's figures of the auto-encoder, in its card."""
+
+    per_style: int = GEN_PER_STYLE              # notes generated per style and range for the generation figures
+    classifier_epochs: int = CLASSIFIER_EPOCHS  # the judges' training (cached in the work folder once trained)
+
+    def __post_init__(self):
+        for name in ("per_style", "classifier_epochs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 10000:
+                raise BuildError(f"evaluate {name} must be a whole number from 1 to 10000, got {value!r}")
+
+
+@dataclass
 class _Build:
     """What every stage works with: the dataset, the work folder and its stages, the device."""
 
@@ -127,7 +142,7 @@ def build_model(data: str | Path, out: str | Path, device: str = "auto", work: s
                 ae_run: str | Path | None = None, inverter_run: str | Path | None = None,
                 inverter_config: dict | None = None, finetune_config: dict | None = None,
                 ae_config: dict | None = None, keep_encoder: bool = True, from_bundle: str | Path | None = None,
-                progress: bool = True) -> Path:
+                progress: bool = True, evaluate_config: dict | None = None) -> Path:
     """Run (or resume) every stage; returns the bundle folder.
 
     Every setting is checked before the first stage runs: a typo in the fine-tuning section is
@@ -147,6 +162,7 @@ def build_model(data: str | Path, out: str | Path, device: str = "auto", work: s
     merge_config(ae_config)
     inverter_settings = InverterTrainConfig.from_dict(dict(inverter_config or {}))
     finetune_settings = FinetuneConfig.from_dict(dict(finetune_config or {}))
+    evaluate_settings = from_plain(EvaluateStageConfig, dict(evaluate_config or {}), "evaluate settings")
     dev = pick_device(device)
     source = load_bundle(from_bundle, "cpu") if from_bundle else None
     if source is not None and (source.styles != ds.styles or source.spectral != ds.spectral):
@@ -160,7 +176,7 @@ def build_model(data: str | Path, out: str | Path, device: str = "auto", work: s
     wae, pitch_range = _autoencoder_stage(b, source, ae_run, ae_config)
     inverter, inverters = _inverter_stage(b, source, inverter_run, inverter_settings)
     _finetune_stage(b, wae, inverter, finetune_settings)
-    _evaluate_stage(b, source)
+    _evaluate_stage(b, source, evaluate_settings)
     _bundle_stage(b, out, wae.encoder if keep_encoder else None, wae.decoder, inverters, pitch_range)
     stages.mark("bundle", {"out": str(out), "seconds": round(time.monotonic() - started, 1)})
     return out
@@ -233,7 +249,7 @@ def _finetune_stage(b: _Build, wae, inverter, settings) -> None:
     wae.eval()
 
 
-def _evaluate_stage(b: _Build, source) -> None:
+def _evaluate_stage(b: _Build, source, settings: EvaluateStageConfig) -> None:
     """The study's evaluation of the auto-encoder (a bundle's own figures with ``source``)."""
     from waeserver.model.evaluation import evaluate
 
@@ -243,7 +259,8 @@ def _evaluate_stage(b: _Build, source) -> None:
         b.stages.mark("evaluate", (source.card.get("evaluation") or {}).get("autoencoder") or {})
         return
     report = evaluate([Path(b.stages.done("autoencoder")["run"])], b.data, b.work / "evaluate", str(b.dev),
-                      progress=b.progress)
+                      progress=b.progress, per_style=settings.per_style,
+                      classifier_epochs=settings.classifier_epochs)
     b.stages.mark("evaluate", _autoencoder_summary(report))
 
 
