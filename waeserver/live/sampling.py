@@ -40,7 +40,7 @@ from waeserver.dsp.pitch import A4_HZ, estimate_pitch
 from waeserver.dsp.resample import to_rate
 from waeserver.live.controls import ControlError
 from waeserver.live.jobs import JobThread
-from waeserver.sound.transform import ONSET_DB, TransformError, encode, prepare_note
+from waeserver.sound.transform import TransformError, encode, note_span, prepare_note
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,7 @@ def take_note(bundle, wave: np.ndarray, rate: int, take: bool) -> np.ndarray:
     wave = to_rate(np.asarray(wave, np.float32)[None], rate, sr)[0]
     note = prepare_note(wave, n, sr)   # silence, a sound too short for any note
     if take:
-        peak = float(np.abs(wave).max())
-        onset = max(0, int(np.argmax(np.abs(wave) > peak * 10 ** (ONSET_DB / 20))) - 32)   # prepare_note's
+        onset, _ = note_span(wave)   # where prepare_note found the note
         if wave.size - onset < HOLD_FRACTION * n:
             raise TransformError(f"the take is too short: {(wave.size - onset) / sr:.2f} s from the note's onset "
                                  f"to its end; at least {HOLD_FRACTION * n / sr:.2f} s (half the model's note)")

@@ -34,6 +34,13 @@ class TransformError(ValueError):
     """A sound that cannot be transformed, with the reason."""
 
 
+def note_span(wave: np.ndarray) -> tuple[int, int]:
+    """``(start, end)`` samples of the note in a mono sound that is not silent: from just before it
+    first rises to ``ONSET_DB`` under its peak to the last sample that loud."""
+    loud = np.nonzero(np.abs(wave) > float(np.abs(wave).max()) * 10 ** (ONSET_DB / 20))[0]
+    return max(0, int(loud[0]) - 32), int(loud[-1]) + 1
+
+
 def prepare_note(wave: np.ndarray, n_samples: int, sample_rate: int) -> np.ndarray:
     """A mono take at the model's rate ``[T']`` to one onset-aligned note of ``n_samples``."""
     wave = np.asarray(wave, dtype=np.float32)
@@ -42,8 +49,7 @@ def prepare_note(wave: np.ndarray, n_samples: int, sample_rate: int) -> np.ndarr
     peak = float(np.abs(wave).max()) if wave.size else 0.0
     if peak < SILENT_PEAK:
         raise TransformError("the sound is silent (peak under -80 dBFS): no note to encode")
-    loud = np.nonzero(np.abs(wave) > peak * 10 ** (ONSET_DB / 20))[0]
-    start, end = max(0, int(loud[0]) - 32), int(loud[-1]) + 1
+    start, end = note_span(wave)
     if end - start < SHORTEST_S * sample_rate:
         raise TransformError(f"the note is too short ({(end - start) / sample_rate * 1000:.0f} ms after its "
                              f"onset; at least {SHORTEST_S * 1000:.0f} ms)")
