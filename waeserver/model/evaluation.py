@@ -312,11 +312,13 @@ def _figure_latents(path: Path, ds: NoteDataset, latents: dict[str, tuple[np.nda
     import matplotlib.pyplot as plt
     from sklearn.manifold import TSNE
 
+    from waeserver.model.latent_history import tsne_perplexity
+
     colourings = (("pitch_class", "semitone", "hsv"), ("octave", "octave", "viridis"), ("style", "style", "tab20"))
     fig = plt.figure(figsize=(18, 3.0 * len(latents)))
     for r, (variant, (z, labels)) in enumerate(latents.items()):
         emb = TSNE(n_components=2, init="pca", random_state=seed,
-                   perplexity=min(30.0, max(2.0, (len(z) - 1) / 3))).fit_transform(z)
+                   perplexity=tsne_perplexity(len(z))).fit_transform(z)
         raw = np.pad(z, ((0, 0), (0, max(0, 3 - z.shape[1]))))[:, :3]
         for c, (key, name, cmap) in enumerate(colourings):
             ax = fig.add_subplot(len(latents), 6, r * 6 + c + 1, projection="3d")

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from waeserver.data.dataset import NoteDataset
-from waeserver.dsp.pitch import NOTE_NAMES
+from waeserver.dsp.pitch import N_OCTAVES, N_PITCH_CLASSES, NOTE_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -128,13 +128,17 @@ def _frames(n_epochs: int, max_frames: int) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, n_epochs - 1, max_frames)).astype(int))
 
 
+def tsne_perplexity(n: int) -> float:
+    """The t-SNE perplexity for ``n`` points: sklearn's 30, less for a handful (it must stay under n)."""
+    return min(30.0, max(2.0, (n - 1) / 3))
+
+
 def tsne_paths(z: np.ndarray, seed: int = 0) -> np.ndarray:
     """``[E, N, D]`` -> ``[E, N, 2]``: a t-SNE per frame, each started from the one before
     (the first from PCA), so the picture moves smoothly between frames."""
     from sklearn.manifold import TSNE
 
-    n = z.shape[1]
-    perplexity = min(30.0, max(2.0, (n - 1) / 3))
+    perplexity = tsne_perplexity(z.shape[1])
     out, init = [], "pca"
     for frame in z:
         first = isinstance(init, str)
@@ -154,8 +158,8 @@ def palettes(n_styles: int) -> dict[str, np.ndarray]:
     light, styles from a qualitative map; the same in every frame and in the legends."""
     from matplotlib import colormaps
 
-    return {"pitch_class": colormaps["hsv"](np.arange(12) / 12),
-            "octave": colormaps["viridis"](np.linspace(0, 1, 9)),
+    return {"pitch_class": colormaps["hsv"](np.arange(N_PITCH_CLASSES) / N_PITCH_CLASSES),
+            "octave": colormaps["viridis"](np.linspace(0, 1, N_OCTAVES)),
             # tab20's strong colours first, its pale ones only past ten styles
             "style": colormaps["tab20"](np.r_[0:20:2, 1:20:2][np.arange(n_styles) % 20])}
 
