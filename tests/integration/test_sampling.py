@@ -123,12 +123,25 @@ def play_note(live, pitch: int = 76) -> np.ndarray:
     return audio[np.flatnonzero(audio)[0]:][:int(0.3 * RATE)]
 
 
+def steady_note(live, pitch: int = 76) -> np.ndarray:
+    """:func:`play_note`, played again while an xrun fell within it: on a loaded machine the probe's
+    Python callback can miss a period (the GIL held elsewhere), and its recording then has a gap."""
+    for _ in range(3):
+        xruns = live[0].audio.xruns
+        audio = play_note(live, pitch)
+        if live[0].audio.xruns == xruns:
+            break
+    return audio
+
+
 def test_a_note_played_into_in_1_sets_the_latent_point_and_the_notes_change(live, note, bundle_path):
     daemon, _, osc, _ = live
     sound, path = note
     bundle = load_bundle(bundle_path, "cpu")
-    before_z, before = daemon.inst.state.z.copy(), play_note(live)
-    assert np.array_equal(play_note(live), before)   # the same controls, the very same note
+    before_z, before = daemon.inst.state.z.copy(), steady_note(live)
+    again = steady_note(live)
+    differ = np.flatnonzero(again != before)
+    assert not len(differ), f"the same controls, another note: {len(differ)} samples from {differ[:1]} differ"
     expected = file_point(bundle, path)
     for _ in range(3):   # an xrun can cost the take a period of the note (a loaded machine): then again
         xruns = daemon.audio.xruns
