@@ -22,8 +22,8 @@ system-deps:
 	fi
 
 # torch is pinned and installed first: an unpinned torch would pull a multi-GB CUDA build.
-# Installing builds the C voice pool (waeserver/live/_voices.c) too.
-$(VENV)/.installed: pyproject.toml setup.py waeserver/live/_voices.c
+# Installing builds the C libraries too (the voice pool, the harmonic inverter's synthesis).
+$(VENV)/.installed: pyproject.toml setup.py waeserver/live/_voices.c waeserver/sound/_harmonic.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -qq --disable-pip-version-check torch==2.13.0
 	$(PY) -m pip install -qq --disable-pip-version-check -e '.[test]'
@@ -40,4 +40,4 @@ serve: setup
 	$(VENV)/bin/waeserver serve
 
 clean:
-	rm -rf $(VENV) build *.egg-info waeserver/live/_voices*.so
+	rm -rf $(VENV) build *.egg-info waeserver/live/_voices*.so waeserver/sound/_harmonic*.so

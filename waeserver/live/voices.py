@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import importlib.util
 import threading
 import time
 from collections import deque
@@ -46,6 +45,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from waeserver.dsp.native import load_library
 from waeserver.live.controls import MIDI_MAX
 
 N_PITCHES = 128
@@ -127,12 +127,8 @@ class Request(ctypes.Structure):
 
 
 def _load() -> ctypes.CDLL:
-    spec = importlib.util.find_spec("waeserver.live._voices")
-    if spec is None or spec.origin is None:
-        raise ImportError("waeserver's C voice pool is not built: pip install -e . (needs a C compiler)")
-    lib = ctypes.CDLL(spec.origin)
     p, i32, i64, dbl = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_double
-    for name, res, args in [
+    lib = load_library("waeserver.live._voices", "C voice pool", [
         ("voices_new", p, [ctypes.c_int, ctypes.c_int, ctypes.c_int]), ("voices_free", None, [p]),
         ("voices_params", ctypes.POINTER(Params), [p]), ("voices_stats", ctypes.POINTER(Stats), [p]),
         ("voices_voices", p, [p]), ("voices_fresh", p, [p]), ("voices_played", p, [p]), ("voices_current", p, [p]),
@@ -146,9 +142,7 @@ def _load() -> ctypes.CDLL:
         ("voices_process", None, [p, p, ctypes.c_int, p, ctypes.c_int]),
         ("voices_attach_jack", ctypes.c_int, [p, p, p, p, p, p]), ("voices_thread_mode", ctypes.c_int, [p]),
         ("voices_capture", None, [p, p, ctypes.c_int]), ("voices_take", i64, [p, p, p, p, p]),
-    ]:
-        fn = getattr(lib, name)
-        fn.restype, fn.argtypes = res, args
+    ])
     for i, (name, size) in enumerate([(s.__name__, ctypes.sizeof(s)) for s in (Params, Stats, Voice, Command)]
                                      + [("N_PITCHES", N_PITCHES), ("MAX_SLOTS", MAX_SLOTS),
                                         ("MAX_LAYERS", MAX_LAYERS)]):

@@ -24,11 +24,17 @@ The pitch is the MIDI pitch's by construction (harmonics at ``k * f0``, deviatio
 out), as for the source-filter MCNN, but the timbre is no longer a channel vocoder's: every
 harmonic has its own amplitude.
 
+At inference on the CPU (no gradients, float32) the synthesis step runs in C (``_harmonic.c``,
+built with the package): the same spectra as :meth:`HarmonicInverter.spectra`, the torch
+reference that training differentiates, without the frames x harmonics x taps tensors.
+
 Shapes: log-mel ``[B, M, F]`` and ``f0 [B]`` Hz in, waveform ``[B, F * hop]`` out.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 from dataclasses import asdict, dataclass
 
@@ -37,6 +43,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from waeserver.dsp.native import load_library
 from waeserver.dsp.pitch import octaves_from_a4
 from waeserver.dsp.spectral import hz_to_mel, mel_to_hz
 from waeserver.settings import from_plain
@@ -88,6 +95,20 @@ def window_kernel(n_fft: int, bins: int, oversample: int) -> torch.Tensor:
     window = 0.5 + 0.5 * np.cos(2 * np.pi * n / n_fft)       # hann(n + N/2)
     x = np.linspace(-bins / 2, bins / 2, bins * oversample + 1)
     return torch.from_numpy((window[None] * np.cos(2 * np.pi * x[:, None] * n[None] / n_fft)).sum(1)).float()
+
+
+class SynthSizes(ctypes.Structure):
+    """The sizes ``_harmonic.c`` synthesizes with (its ``SynthSizes``)."""
+
+    _fields_ = [(name, ctypes.c_int) for name in
+                ("n_fft", "hop", "sample_rate", "taps", "oversample", "n_mels", "noise_frames")]
+
+
+@functools.cache
+def _native() -> ctypes.CDLL:
+    p, i = ctypes.c_void_p, ctypes.c_int
+    return load_library("waeserver.sound._harmonic", "harmonic inverter's C synthesis",
+                        [("harmonic_spectra", i, [p, i, i, i] + [p] * 9)])
 
 
 class HarmonicInverter(nn.Module):
@@ -252,6 +273,22 @@ class HarmonicInverter(nn.Module):
             table = table.repeat(-(-frames // table.shape[0]), 1)
         return spec + shaped * table[:frames]
 
+    def spectra_native(self, amp: torch.Tensor, noise_bands: torch.Tensor, dev: torch.Tensor,
+                       f0: torch.Tensor) -> torch.Tensor:
+        """:meth:`spectra` computed in C (``_harmonic.c``): CPU float32, no gradients."""
+        cfg = self.cfg
+        batch, frames, count = amp.shape
+        half = cfg.n_fft // 2 + 1
+        sizes = SynthSizes(cfg.n_fft, cfg.hop_length, cfg.sample_rate, cfg.kernel_bins, self.OVERSAMPLE,
+                           cfg.n_mels, self.NOISE_FRAMES)
+        inputs = [f0.to(torch.float64).contiguous(), amp.contiguous(), dev.contiguous(), noise_bands.contiguous(),
+                  self.noise_low.contiguous(), self.noise_frac, torch.view_as_real(self.noise), self.kernel_rows]
+        out = torch.empty(batch, frames, half, 2)
+        if _native().harmonic_spectra(ctypes.byref(sizes), batch, frames, count,
+                                      *[t.data_ptr() for t in inputs], out.data_ptr()):
+            raise MemoryError("harmonic inverter: no memory for a frame's spectrum")
+        return torch.view_as_complex(out)
+
     def overlap_add(self, spec: torch.Tensor) -> torch.Tensor:
         """Spectra ``[B, F + 1, n_fft/2 + 1]`` of frames centred every hop to the first ``F * hop``
         samples: the inverse STFT (window, overlap-add, divided by the summed squared window). The
@@ -285,4 +322,5 @@ class HarmonicInverter(nn.Module):
     def forward(self, logmel: torch.Tensor, f0: torch.Tensor) -> torch.Tensor:
         # the controls of the last frame hold for the one after it
         amp, noise, dev = (torch.cat([c, c[:, -1:]], dim=1) for c in self.controls(logmel, f0, self.count(f0)))
-        return self.overlap_add(self.spectra(amp, noise, dev, f0))
+        native = not torch.is_grad_enabled() and logmel.device.type == "cpu" and logmel.dtype == torch.float32
+        return self.overlap_add((self.spectra_native if native else self.spectra)(amp, noise, dev, f0))

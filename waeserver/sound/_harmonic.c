@@ -1,0 +1,133 @@
+/* The harmonic inverter's synthesis step at inference, in C: the spectra of the windowed frames
+ * from per-frame harmonic amplitudes, frequency deviations and noise band magnitudes.
+ *
+ * It computes what HarmonicInverter.spectra computes with torch (waeserver/sound/harmonic.py,
+ * the reference, which also gives the gradients for training), in the same order of operations
+ * and in float32 where that does: the nominal phase at each frame's centre wrapped from float64,
+ * the deviation integrated between centres (trapezoid), each harmonic's window transform read
+ * from the table of rows and written at its fractional bin, bins below 0 and past n/2 folded back,
+ * then the shaped noise. torch spends most of its time there on tensors of frames x harmonics x
+ * taps; here a harmonic is a polynomial sine and cosine and `taps` complex additions, and a
+ * harmonic whose amplitude is exactly 0 (above Nyquist) is skipped. The one difference: the phase
+ * is reduced to a cycle before its sine is taken (torch takes the sine of the whole angle in
+ * float32), a few 1e-5 of the waveform on a note with wide vibrato, none on a steady one.
+ *
+ * Shapes (all contiguous): f0 [B] (float64, Hz); amp, dev [B, F, K]; noise_bands [B, F, M];
+ * noise_low [half] (int64), noise_frac [half]; noise_table [noise_frames, half, 2];
+ * kernel_rows [oversample + 2, taps]; out [B, F, half, 2], written whole. half = n_fft / 2 + 1.
+ * Returns 0, or -1 when the scratch row could not be allocated (nothing written then). */
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    int n_fft, hop, sample_rate, taps, oversample, n_mels, noise_frames;
+} SynthSizes;
+
+typedef struct {          /* one harmonic of the note being synthesized */
+    double drift;         /* the deviation summed between frame centres (float64, as torch's cumsum) */
+    float per_hop;        /* cycles per hop */
+    float wrapped;        /* its fractional part, from float64 */
+    float bins;           /* its frequency in bins */
+} Harmonic;
+
+/* cos and sin of 2 pi x: x reduced to within 1/8 cycle of a quarter, then Taylor polynomials
+ * (error below 1e-7 there), then the quarter's rotation. Exact in the reduction, so the phase
+ * of a harmonic many cycles into a note is not rounded as cosf(2 pi x) would round it. */
+static inline void cos_sin_cycles(float x, float *c, float *s) {
+    x -= (float)(int)x;                           /* (-1, 1) */
+    float q = x * 4.0f;
+    int quarter = (int)(q + (q >= 0 ? 0.5f : -0.5f));
+    float y = (x - 0.25f * (float)quarter) * 6.283185307179586f;   /* [-pi/4, pi/4] */
+    float y2 = y * y;
+    float sn = y * (1.0f + y2 * (-1.0f / 6 + y2 * (1.0f / 120 + y2 * (-1.0f / 5040 + y2 * (1.0f / 362880)))));
+    float cs = 1.0f + y2 * (-0.5f + y2 * (1.0f / 24 + y2 * (-1.0f / 720 + y2 * (1.0f / 40320))));
+    switch (quarter & 3) {
+    case 0: *c = cs; *s = sn; break;
+    case 1: *c = -sn; *s = cs; break;
+    case 2: *c = -cs; *s = -sn; break;
+    default: *c = sn; *s = -cs; break;
+    }
+}
+
+static void harmonics_of_frame(const SynthSizes *s, Harmonic *h, int count, int frame, const float *amp,
+                               const float *dev, const float *dev_prev, const float *rows, float *ext) {
+    const int w = s->taps, half = s->n_fft / 2 + 1, R = s->oversample;
+    for (int k = 0; k < count; k++) {
+        if (frame > 0) h[k].drift += 0.5f * (dev[k] + dev_prev[k]);
+        if (amp[k] == 0.0f) continue;             /* above Nyquist */
+        float nominal = h[k].wrapped * (float)frame;
+        nominal -= (float)(int)nominal;
+        float centre = h[k].bins * (1.0f + dev[k]);
+        int low = (int)centre;                    /* centre > 0: truncation is floor */
+        float position = (1.0f + (float)low - centre) * (float)R;
+        int row = (int)position;
+        float t = position - (float)row;
+        float cycles = nominal + (float)h[k].drift * h[k].per_hop + 0.5f * (float)((low + w / 2 - 1) & 1) - 0.25f;
+        float c, sn;
+        cos_sin_cycles(cycles, &c, &sn);
+        float re = amp[k] * c, im = amp[k] * sn;
+        int start = low - (w / 2 - 1) + w;
+        if (start > half + w - 1) start = half + w - 1;
+        const float *a = rows + (size_t)row * w, *b = a + w;
+        float *e = ext + 2 * start;
+        for (int j = 0; j < w; j++) {
+            float tap = a[j] + t * (b[j] - a[j]);
+            e[2 * j] += re * tap;
+            e[2 * j + 1] += im * tap;
+        }
+    }
+}
+
+int harmonic_spectra(const SynthSizes *s, int batch, int frames, int count, const double *f0, const float *amp,
+                     const float *dev, const float *noise_bands, const int64_t *noise_low, const float *noise_frac,
+                     const float *noise_table, const float *kernel_rows, float *out) {
+    const int w = s->taps, half = s->n_fft / 2 + 1, m = s->n_mels;
+    const int width = half + 2 * w;
+    float *ext = malloc(sizeof(float) * 2 * (size_t)width);
+    Harmonic *h = malloc(sizeof(Harmonic) * (size_t)count);
+    if (!ext || !h) {
+        free(ext);
+        free(h);
+        return -1;
+    }
+    for (int b = 0; b < batch; b++) {
+        const float bins_per_hz = (float)f0[b] * (float)((double)s->n_fft / s->sample_rate);
+        for (int k = 0; k < count; k++) {
+            double per_hop = f0[b] * (double)(k + 1) * s->hop / s->sample_rate;
+            h[k] = (Harmonic){0.0, (float)per_hop, (float)(per_hop - floor(per_hop)), bins_per_hz * (float)(k + 1)};
+        }
+        for (int f = 0; f < frames; f++) {
+            size_t at = ((size_t)b * frames + f) * count;
+            memset(ext, 0, sizeof(float) * 2 * width);
+            harmonics_of_frame(s, h, count, f, amp + at, dev + at, f > 0 ? dev + at - count : dev + at,
+                               kernel_rows, ext);
+            float *spec = out + ((size_t)b * frames + f) * half * 2;
+            for (int i = 0; i < half; i++) {
+                spec[2 * i] = 0.5f * ext[2 * (w + i)];
+                spec[2 * i + 1] = 0.5f * ext[2 * (w + i) + 1];
+            }
+            /* a real frame: each bin plus the mirror of its negative frequency */
+            for (int i = 0; i <= w; i++) {
+                spec[2 * i] += 0.5f * ext[2 * (w - i)];
+                spec[2 * i + 1] -= 0.5f * ext[2 * (w - i) + 1];
+                int hi = half - 1 - w + i, from = half + 2 * w - 1 - i;
+                spec[2 * hi] += 0.5f * ext[2 * from];
+                spec[2 * hi + 1] -= 0.5f * ext[2 * from + 1];
+            }
+            const float *bands = noise_bands + ((size_t)b * frames + f) * m;
+            const float *table = noise_table + (size_t)(f % s->noise_frames) * half * 2;
+            for (int i = 0; i < half; i++) {
+                float lo = bands[noise_low[i]], hi = bands[noise_low[i] + 1];
+                float shaped = lo + noise_frac[i] * (hi - lo);
+                spec[2 * i] += shaped * table[2 * i];
+                spec[2 * i + 1] += shaped * table[2 * i + 1];
+            }
+        }
+    }
+    free(ext);
+    free(h);
+    return 0;
+}
