@@ -4,7 +4,8 @@ The same renderer the daemon runs (model, resampling to 48 kHz, levelling the ve
 fades and loops), in this process with one torch thread (as ``serve`` uses on a CPU): for each
 refill batch size (pitches, each at every layer), the time to render every pitch of the model
 again after a fader move, with the bundle's velocity layers and, in the same run, with one layer
-(the daemon before velocity layers); the bytes the filled cache holds; the time of a one-pitch
+(the daemon before velocity layers) and, with the harmonic inverter, with its torch synthesis in
+place of the C one (the daemon before the C step); the bytes the filled cache holds; the time of a one-pitch
 priority render; the resampling from the model's rate, polyphase filter against the FFT the
 renderer uses; and how far the cached renders are from their pitch (YIN).
 
@@ -14,6 +15,7 @@ renderer uses; and how far the cached renders are from their pitch (YIN).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -47,6 +49,18 @@ def median_ms(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return float(np.median(times)) * 1000
+
+
+@contextlib.contextmanager
+def torch_synthesis(bundle):
+    """The harmonic inverter synthesizing with torch's reference instead of its C step, meanwhile."""
+    inv = bundle.inverter
+    native = inv.spectra_native
+    inv.spectra_native = inv.spectra
+    try:
+        yield
+    finally:
+        inv.spectra_native = native
 
 
 def refill(bundle, velocities, batch: int, repeats: int) -> tuple[dict, Renderer]:
@@ -88,6 +102,11 @@ def main() -> None:
     for batch in [int(b) for b in args.batches.split(",")]:
         report["refill"][batch], renderer = refill(bundle, layers, batch, args.repeats)
         report["refill_one_layer"][batch], _ = refill(bundle, (100,), batch, args.repeats)
+        if hasattr(bundle.inverter, "spectra_native"):
+            with torch_synthesis(bundle):
+                report.setdefault("refill_torch_synthesis", {})[batch], _ = refill(bundle, layers, batch, args.repeats)
+            print(f"batch {batch:3d}, torch's synthesis: whole cache in "
+                  f"{report['refill_torch_synthesis'][batch]['seconds']:.3f} s")
         print(f"batch {batch:3d}: whole cache ({n_pitches} pitches x {len(layers)} layers) in "
               f"{report['refill'][batch]['seconds']:.3f} s, {report['refill'][batch]['cache_mb']} MB; "
               f"one layer {report['refill_one_layer'][batch]['seconds']:.3f} s, "
