@@ -151,15 +151,18 @@ class Daemon:
         self.stopping.set()
 
     def close(self) -> None:
+        """Stop everything, in order; a part that fails to stop is logged and the rest still stop
+        (above all the JACK client, which must not outlive the voice pool it calls)."""
         self.stopping.set()
-        if hasattr(self, "inst"):
-            self.inst.renderer.stop()
-        if self.osc is not None:
-            self.osc.stop()
-        for port in self.hardware:
-            port.close()
-        if hasattr(self, "audio"):
-            self.audio.close()
+        parts = [self.inst.renderer.stop] if hasattr(self, "inst") else []
+        parts += [self.osc.stop] if self.osc is not None else []
+        parts += [port.close for port in self.hardware]
+        parts += [self.audio.close] if hasattr(self, "audio") else []
+        for stop in parts:
+            try:
+                stop()
+            except Exception:
+                log.exception("stopping %s failed", getattr(stop, "__qualname__", stop))
         if self.jackd is not None:
             self.jackd.terminate()
             try:

@@ -158,4 +158,7 @@ class RenderWorker:
         """Stop the process now; a render in progress is thrown away."""
         self._proc.terminate()
         self._proc.join(0.5)
-        self._conn.close()
+        try:
+            self._conn.close()
+        except OSError:   # its descriptor is gone already: nothing left to close
+            pass

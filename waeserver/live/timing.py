@@ -44,6 +44,7 @@ import logging
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
@@ -57,6 +58,7 @@ LEAD_S = 0.025              # a held bundle runs this long before its time (cove
 MAX_AHEAD_S = 60.0
 MAX_PENDING = 4096          # messages held in bundles not yet run
 TICK_S = 0.05               # the scheduler follows JACK's clock at least this often
+MAPPED_KEPT = 256           # the latest bundles' (tag, frame) the scheduler keeps, to show where they went
 
 
 class BundleError(ValueError):
@@ -155,7 +157,8 @@ class Scheduler:
 
     ``run(messages, sender)`` runs a bundle's messages now (the OSC server's dispatch); ``pool`` (a
     :class:`~waeserver.live.voices.VoicePool`) maps times to frames and takes the timed actions;
-    ``on_late(seconds, address)`` hears each late bundle.
+    ``on_late(seconds, address)`` hears each late bundle. ``mapped`` holds ``(tag, frame)`` of the
+    latest ``MAPPED_KEPT`` bundles run on a frame: where each tag went.
     """
 
     def __init__(self, pool, run: Callable[[list, object], None],
@@ -164,6 +167,7 @@ class Scheduler:
         self._run_now = run
         self.on_late = on_late
         self.clock = FrameClock(pool)
+        self.mapped: deque[tuple[float, int]] = deque(maxlen=MAPPED_KEPT)
         self.pending = 0                        # messages held
         self._heap: list = []
         self._order = itertools.count()
@@ -205,6 +209,7 @@ class Scheduler:
         if frame is None:
             self._run_now(messages, sender)
             return
+        self.mapped.append((when, frame))
         with self.pool.at(frame):   # what the messages post to the pool is held for the frame
             self._run_now(messages, sender)
 
