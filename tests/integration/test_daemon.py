@@ -435,8 +435,42 @@ def test_a_killed_render_process_is_replaced_and_one_that_dies_again_is_not(live
     assert any(r.levelname == "ERROR" and "not starting another" in r.message for r in caplog.records)
     time.sleep(2.0)                               # long enough for a new process to show up, were one started
     assert renderer.worker is None and renderer.render_mode == "in-process"
-    assert not [k for k in children(os.getpid()) if b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes()]
+    others = {renderer.priority_worker.pid} if renderer.priority_worker is not None else set()
+    assert not [k for k in children(os.getpid()) if k not in others
+                and b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes()]
     refilled_and_hit(daemon, osc, 0.6)
+    osc.send("/wae/notify", 0)
+
+
+def test_notes_that_wait_have_a_render_process_of_their_own(live, caplog):
+    """A note-on that finds its render stale (right after a style change) is rendered by the
+    priority renders' own process, not behind the refill batch in progress. Killed (``kill -9``),
+    that process is not replaced and leaves no zombie: the refill thread serves the requests from
+    then on, and a note after the next style change still finds its fresh render."""
+    daemon, probe, osc = live
+    quiet(live)
+    renderer, cache = daemon.inst.renderer, daemon.inst.cache
+    osc.send("/wae/notify", 1)
+    osc.expect("/done", first="/wae/notify")
+    priority = renderer.priority_worker
+    assert priority is not None and priority.alive() and priority.pid != getattr(renderer.worker, "pid", None)
+    before, pitch = priority.renders, cache.high - 1   # a pitch the refill comes to last
+    osc.send("/wae/style", daemon.inst.state.style_names[0], 0.7)
+    osc.send("/wae/note", pitch, 100, 0.05)
+    assert osc.expect("/wae/n_go") == [pitch]
+    wait_for(lambda: priority.renders > before)
+    os.kill(priority.pid, signal.SIGKILL)
+    wait_for(lambda: renderer.priority_worker is None, timeout=2)
+    assert any(r.levelname == "WARNING" and f"pid {priority.pid}" in r.message and "SIGKILL" in r.message
+               for r in caplog.records)
+    assert priority.pid not in children(os.getpid())
+    wait_for(lambda: cache.n_fresh() == cache.high - cache.low + 1, timeout=30)
+    renderer.render_ms.clear()   # the priority renders' times (a bounded deque): only the next one's
+    osc.send("/wae/style", daemon.inst.state.style_names[0], 0.2)
+    osc.send("/wae/note", pitch - 2, 100, 0.05)  # not played before: the refill, most recent first, comes to it last
+    assert osc.expect("/wae/n_go") == [pitch - 2]
+    wait_for(lambda: len(renderer.render_ms) > 0)   # the request, rendered by the refill thread
+    refilled_and_hit(daemon, osc, 0.8)
     osc.send("/wae/notify", 0)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from waeserver.cli.serve import add_config_flags, config_of
 
 LIVE_ONLY = ("osc_host", "osc_port", "osc_allow", "jack_name", "jack_server", "jack_connect", "midi_inputs",
-             "latency_budget_ms")
+             "latency_budget_ms", "priority_process")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

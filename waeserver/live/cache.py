@@ -84,6 +84,7 @@ class RenderCache:
         self.generation = 0   # the target's render generation (the pool's, once attached)
         self.pool = None
         self._expected_ms = 1e9
+        self._changed = threading.Event()   # wake() for a refill thread that leaves requests to another
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -141,14 +142,22 @@ class RenderCache:
             pool.cache = self
 
     def wake(self) -> None:
+        self._changed.set()
         try:
             os.write(self._wake_w, b"w")
         except BlockingIOError:  # the pipe is full: the renderer has been woken already
             pass
 
     # --- renderer and control threads -------------------------------------------------------
+    def wait_for_change(self, timeout: float) -> None:
+        """Sleep until :meth:`wake` or ``timeout`` seconds, not woken by note-on requests (the
+        refill thread, while the priority renders have a thread of their own)."""
+        self._changed.wait(timeout)
+        self._changed.clear()
+
     def wait(self, timeout: float) -> None:
-        """Sleep until :meth:`wake` or ``timeout`` seconds."""
+        """Sleep until :meth:`wake`, a note-on's request (the pool writes the same pipe) or
+        ``timeout`` seconds."""
         ready, _, _ = select.select([self._wake_r], [], [], timeout)
         if ready:
             try:

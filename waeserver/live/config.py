@@ -58,6 +58,7 @@ class ServeConfig:
     gain: float = 1.0
     latency_budget_ms: float = 10.0
     render_batch: int = 8
+    priority_process: bool = True
     fader_jitter: float = 0.01
     preset_dir: str = "~/.local/share/waeserver/presets"
     render_dir: str = "~/.local/share/waeserver/renders"
@@ -84,6 +85,8 @@ HELP = {
     "gain": f"master gain 0..{GAIN_MAX:g}",
     "latency_budget_ms": "how long a note may wait for a fresh render before a stand-in plays",
     "render_batch": "notes per refill batch",
+    "priority_process": "render the notes that wait in a process of their own, never behind a refill "
+                        "(a second copy of the model in memory)",
     "fader_jitter": "fader or latent change that leaves cached renders fresh",
     "preset_dir": "preset folder",
     "render_dir": "folder of /wae/render's note files",
@@ -139,8 +142,9 @@ def validate(values: dict) -> ServeConfig:
             raise ConfigError(f"{key} must be a non-empty string")
     if cfg.jack_server is not None and (not isinstance(cfg.jack_server, str) or not cfg.jack_server):
         raise ConfigError("jack_server must be a name")
-    if not isinstance(cfg.jack_connect, bool):
-        raise ConfigError("jack_connect must be true or false")
+    for key in ("jack_connect", "priority_process"):
+        if not isinstance(getattr(cfg, key), bool):
+            raise ConfigError(f"{key} must be true or false")
     if not is_device_name(cfg.device):
         raise ConfigError(f"device must be {DEVICES}, got {cfg.device!r}")
     try:

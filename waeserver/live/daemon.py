@@ -55,7 +55,9 @@ class Daemon:
         log.info("model %s (%d styles: %s; latent %d; %d Hz) on %s", bundle.name, len(bundle.styles),
                  ", ".join(bundle.styles), bundle.latent_size, bundle.sample_rate, bundle.device)
         worker = RenderWorker(str(bundle.path), cfg.device, rate, layer_velocities(bundle))
-        self.inst = inst = Instrument(bundle, cfg, rate, worker=worker)
+        priority = RenderWorker(str(bundle.path), cfg.device, rate, layer_velocities(bundle),
+                                background=False) if cfg.priority_process else None
+        self.inst = inst = Instrument(bundle, cfg, rate, worker=worker, priority_worker=priority)
         inst.note_files.threaded = True   # never in the OSC thread
         inst.renderer.warm_up()
         inst.sampler.warm_up(bundle)

@@ -30,12 +30,13 @@ log = logging.getLogger(__name__)
 class Instrument:
     """The sound engine around one bundle at ``rate`` Hz, configured by ``cfg``."""
 
-    def __init__(self, bundle, cfg: ServeConfig, rate: int, seed: int | None = None, worker=None):
+    def __init__(self, bundle, cfg: ServeConfig, rate: int, seed: int | None = None, worker=None,
+                 priority_worker=None):
         self.cfg = cfg
         self.state = ControlState(bundle.styles, bundle.latent_size, cfg.gain, cfg.release, cfg.bend_range)
         self.cache = RenderCache(bundle.pitch_range, cfg.fader_jitter, layer_velocities(bundle))
         self.renderer = Renderer(bundle, self.state, self.cache, rate, cfg.render_batch, seed=seed,
-                                 slice_ms=cfg.latency_budget_ms, worker=worker)
+                                 slice_ms=cfg.latency_budget_ms, worker=worker, priority_worker=priority_worker)
         self.pool = VoicePool(rate, self.cache, cfg.polyphony, cfg.latency_budget_ms)
         self.pool.gain, self.pool.release, self.pool.bend_range = cfg.gain, cfg.release, cfg.bend_range
         self.presets = PresetStore(cfg.preset_dir)

@@ -21,19 +21,26 @@ from waeserver.live.notes import VELOCITIES, Levels, synthesize_notes
 WORKER_NICE = 19  # where SCHED_IDLE is not available: JACK's and the daemon's threads go first
 
 
-def _worker_main(conn, path: str, device: str, rate: int, velocities: tuple[int, ...]) -> None:
-    """The render process: load the bundle, say how long a note can be, map the note bank the
-    daemon made for that, then answer each ``(pitches, styles, zs, layers, levels)`` by writing the
-    notes (the layers of each pitch, in turn) into the bank's rows and sending ``(loop, length)`` for
-    each, and each pitch's levels (see RenderWorker, :func:`synthesize_notes`)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the daemon's to handle
-    try:   # a core only when nothing else wants it: JACK's threads and the daemon's preempt it at once
+def _lowest_priority() -> None:
+    """A core only when nothing else wants it: JACK's threads and the daemon's preempt it at once."""
+    try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except (OSError, AttributeError):
         try:
             os.setpriority(os.PRIO_PROCESS, 0, WORKER_NICE)
         except OSError:
             pass
+
+
+def _worker_main(conn, path: str, device: str, rate: int, velocities: tuple[int, ...], background: bool) -> None:
+    """The render process (``background``: at the lowest priority, for refills): load the bundle,
+    say how long a note can be, map the note bank the daemon made for that, then answer each
+    ``(pitches, styles, zs, layers, levels)`` by writing the notes (the layers of each pitch, in
+    turn) into the bank's rows and sending ``(loop, length)`` for each, and each pitch's levels (see
+    RenderWorker, :func:`synthesize_notes`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the daemon's to handle
+    if background:
+        _lowest_priority()
     from waeserver.sound.bundle import load_bundle
 
     try:
@@ -76,16 +83,21 @@ class RenderWorker:
     ``BANK_PITCHES`` pitches, a memory-mapped file unlinked as soon as both processes have it), and
     only ``(loop, length)`` pairs through the pipe: the daemon then copies each note out in one
     call (sending the samples through the pipe made the renderer thread take the interpreter lock
-    back after every socket read). ``velocities`` are the layers' MIDI velocities."""
+    back after every socket read). ``velocities`` are the layers' MIDI velocities. A ``background``
+    process (the refills') runs at the lowest priority; the priority renders' own does not, since a
+    note waits for it."""
 
     BANK_PITCHES = 16
 
-    def __init__(self, path: str, device: str, rate: int, velocities: tuple[int, ...] = VELOCITIES):
+    def __init__(self, path: str, device: str, rate: int, velocities: tuple[int, ...] = VELOCITIES,
+                 background: bool = True):
         self.path, self.device, self.rate, self.velocities = str(path), str(device), rate, tuple(velocities)
+        self.background = background
+        self.renders = 0   # batches rendered
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_worker_main, args=(child, str(path), str(device), rate, self.velocities),
-                                 name="waeserver-render", daemon=True)
+        self._proc = ctx.Process(target=_worker_main, name="waeserver-render", daemon=True,
+                                 args=(child, str(path), str(device), rate, self.velocities, background))
         self._proc.start()
         child.close()
         try:
@@ -135,6 +147,7 @@ class RenderWorker:
                levels=None) -> list[tuple[tuple[Note, ...], Levels]]:
         """The layers of ``pitches`` (``styles [B,S]``, ``zs [B,D]``, ``layers``, ``levels``), as
         :func:`synthesize_notes`; :class:`WorkerDied` when the process is gone."""
+        self.renders += 1
         done = []
         every = tuple(range(len(self.velocities)))
         layers = [every] * len(pitches) if layers is None else layers

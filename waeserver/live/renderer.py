@@ -17,6 +17,11 @@ voices (waeserver.live.notes).
 A render process that dies is replaced once; one that dies again soon after is not, and the
 model then runs in this process (see :class:`Renderer`).
 
+With a second render process for priority renders (``serve``'s default, ``priority_process``), a
+thread of its own serves the note-on requests through it, so that a note never queues behind the
+refill batch in progress; the refill thread then leaves requests alone. That process is not
+replaced when it dies: the refill thread takes the requests back.
+
 :meth:`Renderer.load_model` loads, warms and fills a new bundle beside the running one and swaps
 it in between two batches; the voices keep playing the arrays they hold, so there is no gap.
 """
@@ -60,9 +65,15 @@ class Renderer:
     """
 
     def __init__(self, bundle, state: ControlState, cache: RenderCache, rate: int, batch: int = 8,
-                 seed: int | None = None, slice_ms: float = 10.0, worker: RenderWorker | None = None):
+                 seed: int | None = None, slice_ms: float = 10.0, worker: RenderWorker | None = None,
+                 priority_worker: RenderWorker | None = None):
         self.bundle = bundle
         self.worker = worker
+        self.priority_worker = priority_worker   # the priority renders' own process, or None
+        self.priority_process = priority_worker is not None   # a model swap starts one for the new bundle
+        self._priority_lock = threading.Lock()   # a priority render, or the swap of what it renders with
+        self._priority_thread: threading.Thread | None = None
+        self._rng_lock = threading.Lock()
         self.state = state
         self.cache = cache
         self.rate = int(rate)
@@ -102,11 +113,13 @@ class Renderer:
         self.cache.set_target(*self.target())
 
     # --- rendering ---------------------------------------------------------------------------
-    def render(self, pitches: list[int], layers=None) -> tuple[list[tuple[Note, ...]], tuple, list, list]:
+    def render(self, pitches: list[int], layers=None, own_process: bool = False
+               ) -> tuple[list[tuple[Note, ...]], tuple, list, list]:
         """Render ``pitches`` for the current target (with ``layers``, a tuple of layer indices for each
         pitch, only those: levelled as the pitch's last whole render, else whole): their layers'
         notes at ``rate``, the target's key, the layers rendered and the levels of the whole ones. The
-        target is the cache's (the one its generation was given for), else the state's."""
+        target is the cache's (the one its generation was given for), else the state's. With
+        ``own_process``, through the priority renders' process (:class:`WorkerDied` if it is gone)."""
         target = self.cache.target_now()
         styles, z, per_note, generation = (*self.target(), None) if target is None else target
         b = len(pitches)
@@ -115,17 +128,20 @@ class Renderer:
         known = [None if ls == every else self.cache.levels(p) for p, ls in zip(pitches, layers)]
         layers = [every if lv is None else ls for ls, lv in zip(layers, known)]   # no levels yet: whole
         if per_note:
-            zs = self.rng.standard_normal((b, len(z))).astype(np.float32)
+            with self._rng_lock:
+                zs = self.rng.standard_normal((b, len(z))).astype(np.float32)
         else:
             zs = np.repeat(z[None], b, axis=0)
         rows = np.repeat(styles[None], b, axis=0)
         key = (styles, None if per_note else z, generation)
-        worker = self.worker
+        worker = self.priority_worker if own_process else self.worker
         done = None
         if worker is not None:
             try:
                 done = worker.render(pitches, rows, zs, layers, known)
             except WorkerDied as exc:
+                if own_process:
+                    raise
                 self._worker_died(worker, str(exc))
         if done is None:
             done = synthesize_notes(self.bundle, pitches, self.cache.velocities, rows, zs, self.rate, layers, known)
@@ -133,12 +149,17 @@ class Renderer:
         return [notes for notes, _ in done], key, layers, levels
 
     def set_rate(self, rate: int) -> None:
-        """Render at ``rate`` Hz from now on (the render process is started again for it)."""
+        """Render at ``rate`` Hz from now on (the render processes are started again for it)."""
         self.rate = int(rate)
         if self.worker is not None and self.worker.rate != self.rate:
             old = self.worker
             self.worker = RenderWorker(old.path, old.device, self.rate, old.velocities)
             old.close()
+        with self._priority_lock:
+            old = self.priority_worker
+            if old is not None and old.rate != self.rate:
+                self.priority_worker = RenderWorker(old.path, old.device, self.rate, old.velocities, background=False)
+                old.close()
 
     # --- a render process that dies -------------------------------------------------------------
     def _tell(self, mode: str) -> None:
@@ -201,12 +222,13 @@ class Renderer:
         if worker is not None and not worker.alive():
             self._worker_died(worker, f"the render process (pid {worker.pid}) is gone: {worker.how_it_ended()}")
 
-    def render_now(self, pitches, priority: bool = True) -> None:
+    def render_now(self, pitches, priority: bool = True, own_process: bool = False) -> None:
         """Render ``pitches`` and publish them to the cache: every layer of each, or for a mapping
-        of pitches to layer bits (:meth:`RenderCache.pop_requests`) those layers."""
+        of pitches to layer bits (:meth:`RenderCache.pop_requests`) those layers (``own_process``:
+        through the priority renders' process)."""
         t0 = time.perf_counter()
         pitches, layers = list(pitches), self._layers(pitches)
-        notes, key, layers, levels = self.render(pitches, layers)
+        notes, key, layers, levels = self.render(pitches, layers, own_process)
         self.cache.publish(pitches, notes, key, layers, levels)
         ms = (time.perf_counter() - t0) * 1000.0
         if priority:
@@ -243,7 +265,8 @@ class Renderer:
         self.render([p] * self.batch)
         self.render_now([p], priority=False)   # its levels, for the priority renders below
         for _ in range(3):   # a priority render: the two layers of a note between them, as a note at 100
-            self.render_now({p: 0b11 << max(0, len(self.cache.velocities) - 2)})
+            self.render_now({p: 0b11 << max(0, len(self.cache.velocities) - 2)},
+                            own_process=self.priority_worker is not None)
 
     def step(self) -> bool:
         """One unit of work: a priority batch, else one refill batch. False when there was none."""
@@ -251,7 +274,7 @@ class Renderer:
             self._apply_swap()
         if self._replacement is not None:
             self._adopt()
-        wanted = self.cache.pop_requests()
+        wanted = self._requests_left_to_us()
         if wanted:
             self.render_now(dict(list(wanted.items())[:PRIORITY_MAX]))
             return True
@@ -261,20 +284,72 @@ class Renderer:
             return True
         return False
 
-    # --- thread ------------------------------------------------------------------------------
+    def _requests_left_to_us(self) -> dict[int, int]:
+        """The note-on requests, unless the priority renders' thread serves them (it holds its lock
+        while it renders, and has a process while it runs)."""
+        if not self._priority_lock.acquire(blocking=False):
+            return {}
+        try:
+            return self.cache.pop_requests() if self.priority_worker is None else {}
+        finally:
+            self._priority_lock.release()
+
+    # --- threads -----------------------------------------------------------------------------
     def start(self) -> None:
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="waeserver-renderer", daemon=True)
         self._thread.start()
+        self._start_priority_thread()
+
+    def _start_priority_thread(self) -> None:
+        if self.priority_worker is not None and not (self._priority_thread and self._priority_thread.is_alive()):
+            self._priority_thread = threading.Thread(target=self._run_priority, name="waeserver-priority",
+                                                     daemon=True)
+            self._priority_thread.start()
 
     def stop(self, timeout: float = 0.2) -> None:
         self._stop.set()
         self.cache.wake()
-        for worker in (self.worker, self._replacement):
+        for worker in (self.worker, self._replacement, self.priority_worker):
             if worker is not None:
-                worker.close()       # also ends a render the thread may be waiting for
-        if self._thread is not None:
-            self._thread.join(timeout)
+                worker.close()       # also ends a render a thread may be waiting for
+        for thread in (self._thread, self._priority_thread):
+            if thread is not None:
+                thread.join(timeout)
+
+    def _run_priority(self) -> None:
+        """The priority renders' thread: each note-on request at once, through their own process."""
+        while not self._stop.is_set():
+            with self._priority_lock:
+                worker = self.priority_worker
+                if worker is None:
+                    return
+                wanted = self.cache.pop_requests()
+                if wanted:
+                    try:
+                        self.render_now(dict(list(wanted.items())[:PRIORITY_MAX]), own_process=True)
+                    except WorkerDied as exc:
+                        self._priority_died(worker, str(exc))
+                        return
+                    except Exception:   # as in the refill thread: the cache keeps what it has
+                        if self._stop.is_set():
+                            return
+                        log.exception("priority render failed")
+                    continue
+                if not worker.alive():
+                    self._priority_died(worker, f"the priority render process (pid {worker.pid}) is gone: "
+                                                f"{worker.how_it_ended()}")
+                    return
+            self.cache.wait(0.1)
+
+    def _priority_died(self, worker: RenderWorker, why: str) -> None:
+        """The priority renders' process is gone (its thread, holding the lock): not replaced, the
+        refill thread takes the requests back."""
+        self.priority_worker = None
+        worker.close()
+        if not self._stop.is_set():
+            log.warning("%s: the refill thread renders the notes that wait from now on", why)
+        self.cache.wake()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -286,11 +361,13 @@ class Renderer:
                     return
                 log.exception("render failed")
                 busy = False
-            if not busy:
-                self.cache.wait(0.1)
-            elif not self.cache.has_requests():
-                # refills take at most REFILL_DUTY of a core; a note-on request wakes us at once
-                self.cache.wait((time.perf_counter() - t0) * (1.0 / REFILL_DUTY - 1.0))
+            # refills take at most REFILL_DUTY of a core; a note-on request wakes us at once, unless the
+            # priority renders' thread takes them
+            pause = 0.1 if not busy else (time.perf_counter() - t0) * (1.0 / REFILL_DUTY - 1.0)
+            if self.priority_worker is not None:
+                self.cache.wait_for_change(pause)
+            elif not busy or not self.cache.has_requests():
+                self.cache.wait(pause)
             self._check_worker()
 
     # --- model swap --------------------------------------------------------------------------
@@ -302,12 +379,14 @@ class Renderer:
         def work():
             from waeserver.sound.bundle import load_bundle
 
-            worker = None
+            worker = priority = None
             try:
                 bundle = load_bundle(path, device)   # checks the bundle before a process is started
                 velocities = layer_velocities(bundle)
                 if use_worker:
                     worker = RenderWorker(path, device, self.rate, velocities)
+                if use_worker and self.priority_process:
+                    priority = RenderWorker(path, device, self.rate, velocities, background=False)
                 cache = RenderCache(bundle.pitch_range, self.cache.jitter, velocities)
                 ahead = Renderer(bundle, self.state, cache, self.rate, self.batch, slice_ms=self.slice_ms,
                                  worker=worker)
@@ -315,14 +394,15 @@ class Renderer:
                 ahead.warm_up()
                 seconds = ahead.fill()
             except Exception as exc:
-                if worker is not None:
-                    worker.close()
+                for started in (worker, priority):
+                    if started is not None:
+                        started.close()
                 self._loading.release()   # before the reply, so the sender may try again at once
                 log.warning("model load refused: %s", exc)
                 done(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
                 return
             log.info("model %s loaded and rendered ahead in %.2f s", path, seconds)
-            self._swap = (bundle, cache, worker, done)
+            self._swap = (bundle, cache, worker, priority, done)
             self.cache.wake()
 
         if not self._loading.acquire(blocking=False):
@@ -332,14 +412,18 @@ class Renderer:
         threading.Thread(target=work, name="waeserver-loader", daemon=True).start()
 
     def _apply_swap(self) -> None:
-        bundle, cache, worker, done = self._swap
+        bundle, cache, worker, priority, done = self._swap
         self._swap = None
         self._loading.release()
-        for old in (self.worker, self._replacement):
-            if old is not None:
-                old.close()
-        self._replacement, self._generation = None, self._generation + 1
-        self.bundle, self.cache, self.worker, self.pitch_ms = bundle, cache, worker, None
+        with self._priority_lock:   # no priority render meanwhile: it would publish the old bundle's notes
+            for old in (self.worker, self._replacement, self.priority_worker):
+                if old is not None:
+                    old.close()
+            self._replacement, self._generation = None, self._generation + 1
+            self.bundle, self.cache, self.worker, self.pitch_ms = bundle, cache, worker, None
+            self.priority_worker = priority
+        if self._thread is not None:
+            self._start_priority_thread()   # when the old bundle's had died
         if worker is not None:   # a fresh start: its first death is replaced again
             self._worker_args, self._last_death = (worker.path, worker.device, worker.velocities), None
             if self.render_mode != "process":
