@@ -11,7 +11,8 @@ dummy driver reports two periods).
 Two kinds of notes: *cached* (the control state has not changed, the render is fresh) and
 *changed* (an OSC fader move arrives in the same period as the note, so the note's render is
 stale). Run once with the default latency budget (10 ms) and once with a budget above the render
-time, where a changed note waits for its fresh render instead of playing the previous one.
+time, where a changed note waits for its fresh render instead of playing the previous one; with
+``--priority-process both``, each with and without the daemon's render process for notes that wait.
 
     python benchmarks/live_latency.py [--model B] [--notes 200] [--json out.json]
 """
@@ -206,12 +207,13 @@ def first_sound(rec: np.ndarray, frame: int, until: int) -> int | None:
     return int(loud[0]) if len(loud) else None
 
 
-def measure(model: str, budget_ms: float, notes: int, seed: int, realtime: bool) -> dict:
+def measure(model: str, budget_ms: float, notes: int, seed: int, realtime: bool, priority: bool = True) -> dict:
     rng = np.random.default_rng(seed)
     server = f"waebench-{uuid.uuid4().hex[:8]}"
     jackd = start_jackd(server, realtime)
     port = free_port()
-    daemon = start_daemon(model, server, port, "--latency-budget-ms", str(budget_ms), "--release", "0.02")
+    daemon = start_daemon(model, server, port, "--latency-budget-ms", str(budget_ms), "--release", "0.02",
+                          "--priority-process" if priority else "--no-priority-process")
     probe = Probe(server, seconds=int(notes * 0.3 * 2) + 30)
     osc = Osc(port)
     osc.send("/wae/model/info")
@@ -237,7 +239,7 @@ def measure(model: str, budget_ms: float, notes: int, seed: int, realtime: bool)
         status = osc.wait("/wae/status.reply", 5.0)
     finally:
         stop_all(osc, probe, daemon, jackd)
-    out = {"budget_ms": budget_ms, "output_latency_ms": round(output_ms, 3)}
+    out = {"budget_ms": budget_ms, "priority_process": priority, "output_latency_ms": round(output_ms, 3)}
     for kind, ms in results.items():
         ms = np.array(ms)
         out[kind] = {"n": len(ms), "p50_ms": round(float(np.percentile(ms, 50)), 3),
@@ -254,6 +256,8 @@ def main() -> None:
     parser.add_argument("--budgets", default="10,100", help="latency budgets (ms) to run with")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--realtime", action="store_true", help="run jackd with -R (SCHED_FIFO where allowed)")
+    parser.add_argument("--priority-process", choices=("on", "off", "both"), default="on",
+                        help="the daemon's render process for notes that wait (both: each budget with and without)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -261,10 +265,12 @@ def main() -> None:
     report = {"machine": f"{cpu_name()}, {os.cpu_count()} cores, "
                          f"dummy JACK {RATE} Hz / {PERIOD} frames{', realtime' if args.realtime else ''}",
               "model": about, "runs": []}
+    modes = {"on": (True,), "off": (False,), "both": (True, False)}[args.priority_process]
     for budget in [float(b) for b in args.budgets.split(",")]:
-        run = measure(model, budget, args.notes, args.seed, args.realtime)
-        report["runs"].append(run)
-        print(json.dumps(run))
+        for priority in modes:
+            run = measure(model, budget, args.notes, args.seed, args.realtime, priority)
+            report["runs"].append(run)
+            print(json.dumps(run))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 

@@ -52,6 +52,17 @@ def mapped_frames(daemon, tags) -> np.ndarray:
     return np.array([next(frame for when, frame in mapped if abs(when - tag) < 1e-4) for tag in tags])
 
 
+def after_an_xrun_again(daemon, xruns: int, phrase, *live):
+    """``phrase(*live)``, or ``(None, None)`` when one of its checks failed after an xrun (the
+    probe may have missed a period: the phrase is played again); failed without one, it fails."""
+    try:
+        return phrase(*live)
+    except AssertionError:
+        if daemon.audio.xruns > xruns:
+            return None, None
+        raise
+
+
 def check_phrase(onsets_found, tags, frames, rate, lost) -> str | None:
     """Why a phrase's timing is wrong, or None: every onset exactly on the frame its tag was mapped
     to (as recorded outside the daemon), and the mapped frames as far apart as the tags to within a
@@ -80,7 +91,10 @@ def test_time_tagged_notes_land_on_their_frames(model, tmp_path):
         daemon = live[0]
         for _ in range(PHRASES):
             xruns, before, start = daemon.audio.xruns, daemon.inst.pool.anchor(), clocks()
-            found, tags = tagged_notes(*live)
+            found, tags = after_an_xrun_again(daemon, xruns, tagged_notes, *live)
+            if found is None:
+                wrong = "a check of the phrase failed, after an xrun"
+                continue
             rate, lost = jack_clock(before, daemon.inst.pool.anchor(), start, clocks())
             assert abs(rate / RATE - 1) < 0.01, f"the system clock ran {rate / RATE:.4f} times JACK's"
             wrong = check_phrase(found, tags, mapped_frames(daemon, tags), rate, lost)
@@ -145,7 +159,10 @@ def test_tagged_control_changes_apply_on_their_frames(model, tmp_path):
         for _ in range(PHRASES):
             pool, xruns, before, start = daemon.inst.pool, daemon.audio.xruns, daemon.inst.pool.anchor(), clocks()
             late = pool.stats.timed_late + daemon.commands.late
-            step, tags = control_phrase(*live)
+            step, tags = after_an_xrun_again(daemon, xruns, control_phrase, *live)
+            if step is None:
+                wrong = "a check of the phrase failed, after an xrun"
+                continue
             rate, lost = jack_clock(before, pool.anchor(), start, clocks())
             late = pool.stats.timed_late + daemon.commands.late - late
             wrong = "a bundle came late" if late else check_phrase(

@@ -170,7 +170,7 @@ class Renderer:
     def _worker_died(self, worker: RenderWorker, why: str) -> None:
         """``worker`` is gone: render here from now on, and start a new process unless the last one
         died less than ``RESTART_WINDOW_S`` ago (this thread only)."""
-        if worker is not self.worker:
+        if worker is not self.worker or self._stop.is_set():   # stopping closes it: nothing to replace
             return
         self.worker = None
         worker.close()
