@@ -264,9 +264,11 @@ class Renderer:
         p = (self.cache.low + self.cache.high) // 2
         self.render([p] * self.batch)
         self.render_now([p], priority=False)   # its levels, for the priority renders below
-        for _ in range(3):   # a priority render: the two layers of a note between them, as a note at 100
-            self.render_now({p: 0b11 << max(0, len(self.cache.velocities) - 2)},
-                            own_process=self.priority_worker is not None)
+        two = {p: 0b11 << max(0, len(self.cache.velocities) - 2)}   # the layers a note at 100 blends
+        own = self.priority_worker is not None
+        self.render(list(two), self._layers(two), own)   # that process's first render of the shape: untimed
+        for _ in range(3):
+            self.render_now(two, own_process=own)
 
     def step(self) -> bool:
         """One unit of work: a priority batch, else one refill batch. False when there was none."""
