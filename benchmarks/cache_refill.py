@@ -15,7 +15,6 @@ renderer uses; and how far the cached renders are from their pitch (YIN).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -29,6 +28,7 @@ from scipy.signal import resample_poly
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from harmonic_synthesis import torch_synthesis  # noqa: E402
 from live_latency import cpu_name, pick_model  # noqa: E402
 
 from waeserver.dsp.resample import to_rate  # noqa: E402
@@ -49,18 +49,6 @@ def median_ms(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return float(np.median(times)) * 1000
-
-
-@contextlib.contextmanager
-def torch_synthesis(bundle):
-    """The harmonic inverter synthesizing with torch's reference instead of its C step, meanwhile."""
-    inv = bundle.inverter
-    native = inv.spectra_native
-    inv.spectra_native = inv.spectra
-    try:
-        yield
-    finally:
-        inv.spectra_native = native
 
 
 def refill(bundle, velocities, batch: int, repeats: int) -> tuple[dict, Renderer]:
@@ -103,7 +91,7 @@ def main() -> None:
         report["refill"][batch], renderer = refill(bundle, layers, batch, args.repeats)
         report["refill_one_layer"][batch], _ = refill(bundle, (100,), batch, args.repeats)
         if hasattr(bundle.inverter, "spectra_native"):
-            with torch_synthesis(bundle):
+            with torch_synthesis(bundle.inverter):
                 report.setdefault("refill_torch_synthesis", {})[batch], _ = refill(bundle, layers, batch, args.repeats)
             print(f"batch {batch:3d}, torch's synthesis: whole cache in "
                   f"{report['refill_torch_synthesis'][batch]['seconds']:.3f} s")

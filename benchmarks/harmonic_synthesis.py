@@ -13,6 +13,7 @@ for the speed-up, and 32 notes batched.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -42,17 +43,24 @@ def ms(fn, repeats: int) -> list[float]:
     return out
 
 
+@contextlib.contextmanager
+def torch_synthesis(inv):
+    """The harmonic inverter ``inv`` synthesizing with torch's reference instead of its C step, meanwhile."""
+    inv.spectra_native = inv.spectra   # an instance attribute over the method
+    try:
+        yield
+    finally:
+        del inv.spectra_native
+
+
 def side_by_side(inv, fn, rounds: int, repeats: int) -> dict:
     """Median milliseconds of ``fn()`` with the C synthesis and with torch's, alternating in rounds."""
-    native, times = inv.spectra_native, {"c": [], "torch": []}
-    try:
-        for _ in range(rounds):
-            for road in times:
-                inv.spectra_native = native if road == "c" else inv.spectra
+    times = {"c": [], "torch": []}
+    for _ in range(rounds):
+        for road in times:
+            with torch_synthesis(inv) if road == "torch" else contextlib.nullcontext():
                 fn()
                 times[road] += ms(fn, repeats)
-    finally:
-        inv.spectra_native = native
     return {road: round(statistics.median(t), 3) for road, t in times.items()}
 
 

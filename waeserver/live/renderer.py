@@ -153,12 +153,12 @@ class Renderer:
         self.rate = int(rate)
         if self.worker is not None and self.worker.rate != self.rate:
             old = self.worker
-            self.worker = RenderWorker(old.path, old.device, self.rate, old.velocities)
+            self.worker = RenderWorker(old.path, old.device, self.rate, old.velocities, old.background)
             old.close()
         with self._priority_lock:
             old = self.priority_worker
             if old is not None and old.rate != self.rate:
-                self.priority_worker = RenderWorker(old.path, old.device, self.rate, old.velocities, background=False)
+                self.priority_worker = RenderWorker(old.path, old.device, self.rate, old.velocities, old.background)
                 old.close()
 
     # --- a render process that dies -------------------------------------------------------------
