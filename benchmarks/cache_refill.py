@@ -90,7 +90,7 @@ def main() -> None:
     for batch in [int(b) for b in args.batches.split(",")]:
         report["refill"][batch], renderer = refill(bundle, layers, batch, args.repeats)
         report["refill_one_layer"][batch], _ = refill(bundle, (100,), batch, args.repeats)
-        if hasattr(bundle.inverter, "spectra_native"):
+        if hasattr(bundle.inverter, "native"):
             with torch_synthesis(bundle.inverter):
                 report.setdefault("refill_torch_synthesis", {})[batch], _ = refill(bundle, layers, batch, args.repeats)
             print(f"batch {batch:3d}, torch's synthesis: whole cache in "

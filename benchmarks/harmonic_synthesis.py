@@ -1,9 +1,9 @@
-"""The harmonic inverter's synthesis in C against the same synthesis in torch, side by side.
+"""The harmonic inverter's controls and synthesis in C against the same steps in torch, side by side.
 
 For each bundle, thread count and pitch (C2 to C5: low notes have the most harmonics), one note
 is synthesized (decoder + harmonic inverter, ``Bundle.synthesize``) alternately with the C
-synthesis step (``_harmonic.c``, what the daemon and ``generate`` use) and with the torch
-reference (``HarmonicInverter.spectra``, what training differentiates), in rounds, so that both
+steps after the network (``_harmonic.c``, what the daemon and ``generate`` use) and with the torch
+reference (``HarmonicInverter.controls`` and ``spectra``, what training differentiates), in rounds, so that both
 see the same load; medians over every round. Also 100-iteration Griffin-Lim of the same note,
 for the speed-up, and 32 notes batched.
 
@@ -45,12 +45,13 @@ def ms(fn, repeats: int) -> list[float]:
 
 @contextlib.contextmanager
 def torch_synthesis(inv):
-    """The harmonic inverter ``inv`` synthesizing with torch's reference instead of its C step, meanwhile."""
-    inv.spectra_native = inv.spectra   # an instance attribute over the method
+    """The harmonic inverter ``inv`` computing its controls and spectra with torch's reference instead
+    of its C steps, meanwhile."""
+    inv.native = False
     try:
         yield
     finally:
-        del inv.spectra_native
+        inv.native = True
 
 
 def side_by_side(inv, fn, rounds: int, repeats: int) -> dict:

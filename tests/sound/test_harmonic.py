@@ -123,11 +123,30 @@ def test_the_c_synthesis_is_the_torch_reference(vibrato):
     assert error < (1e-6 if vibrato == 0 else 5e-4), error
     waves = [inv.overlap_add(s) for s in (reference, native)]
     assert float((waves[0] - waves[1]).norm() / waves[0].norm()) < (1e-6 if vibrato == 0 else 2e-4)
-    mel = torch.randn(2, 128, 16) - 6        # and forward() takes the C road only without gradients
+
+
+def test_the_c_controls_are_the_torch_reference():
+    """After the network, the controls come from _harmonic.c at inference too: torch's (within
+    float32 rounding: C's expf and tanhf are not torch's), the last frame held for one more; and
+    forward() takes the C road only without gradients."""
+    inv = inverter()
     with torch.no_grad():
-        controls = [torch.cat([c, c[:, -1:]], dim=1) for c in inv.controls(mel, f0, count)]
-        assert torch.equal(inv(mel, f0), inv.overlap_add(inv.spectra_native(*controls, f0)))
-        by_torch = inv.overlap_add(inv.spectra(*controls, f0))
+        inv.out.weight.normal_(0, 0.3)         # deviations, corrections and levels of every size
+        inv.out.bias.normal_(0, 0.3)
+    f0 = midi_to_f0(torch.tensor([24, 118]))
+    count = inv.count(f0)
+    mel = torch.randn(2, 128, 16) - 6
+    with torch.no_grad():
+        by_torch = [torch.cat([c, c[:, -1:]], dim=1) for c in inv.controls(mel, f0, count)]
+        in_c = inv.controls_native(mel, f0, count)
+        for name, reference, native in zip(("amplitudes", "noise", "deviations"), by_torch, in_c):
+            assert native.shape == reference.shape, name
+            assert float((native - reference).abs().max() / reference.abs().max()) < 1e-5, name
+        # the high note (7 kHz) has one harmonic below Nyquist
+        assert by_torch[2].abs().max() > 1e-3
+        assert (by_torch[0][1, :, 1:] == 0).all() and (by_torch[0][1, :, 0] > 0).all()
+        assert torch.equal(inv(mel, f0), inv.overlap_add(inv.spectra_native(*in_c, f0)))
+        by_torch = inv.overlap_add(inv.spectra(*by_torch, f0))
     assert torch.equal(inv(mel, f0).detach(), by_torch)
 
 

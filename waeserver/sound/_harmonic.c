@@ -1,5 +1,15 @@
-/* The harmonic inverter's synthesis step at inference, in C: the spectra of the windowed frames
- * from per-frame harmonic amplitudes, frequency deviations and noise band magnitudes.
+/* The harmonic inverter at inference, in C, after its network: the per-frame controls from the
+ * network's output (harmonic_controls), then the spectra of the windowed frames from them
+ * (harmonic_spectra).
+ *
+ * harmonic_controls computes what HarmonicInverter.controls computes with torch after the network
+ * (each harmonic's level read off the mel, the noise levels, the smoothed and centred deviations),
+ * in float32, and holds the last frame's controls for one frame more, as forward() does: about
+ * twenty small tensor operations in torch, each costing more in its overhead than in its work.
+ * Shapes: raw [B, G + M + K, F] (the network's output rows: deviations, noise, harmonics);
+ * logmel [B, M, F]; f0 [B] (float64, Hz); band_width [M]; group_of [K] (int64); amp, dev
+ * [B, F + 1, K] and noise [B, F + 1, M], written whole. Returns 0, or -1 without memory for its
+ * scratch rows (nothing written then).
  *
  * It computes what HarmonicInverter.spectra computes with torch (waeserver/sound/harmonic.py,
  * the reference, which also gives the gradients for training), in the same order of operations
@@ -25,6 +35,83 @@
 typedef struct {
     int n_fft, hop, sample_rate, taps, oversample, n_mels, noise_frames;
 } SynthSizes;
+
+typedef struct {          /* HarmonicInverter's settings the controls need */
+    int n_mels, groups, sample_rate, analysis_fft;
+    float mel_lo, mel_step, max_deviation, log_ceiling, noise_offset;
+} ControlSizes;
+
+/* Fractional mel-band index of a frequency (HarmonicInverter.mel_position: band j centred on edge j + 1). */
+static inline float mel_position(const ControlSizes *c, float hz) {
+    const float f_sp = 200.0f / 3.0f, brk = 1000.0f, logstep = 0.068751777420949f;   /* ln(6.4) / 27 */
+    float mel = hz < brk ? hz / f_sp : 15.0f + logf((hz > brk ? hz : brk) / brk) / logstep;
+    float pos = (mel - c->mel_lo) / c->mel_step - 1.0f;
+    return pos < 0.0f ? 0.0f : pos > (float)(c->n_mels - 1) ? (float)(c->n_mels - 1) : pos;
+}
+
+int harmonic_controls(const ControlSizes *c, int batch, int frames, int count, const float *raw,
+                      const float *logmel, const double *f0, const float *band_width, const int64_t *group_of,
+                      float *amp, float *noise, float *dev) {
+    const int m = c->n_mels, g = c->groups, rows = g + m + count, out_frames = frames + 1;
+    static const float smooth[5] = {1.0f / 9, 2.0f / 9, 3.0f / 9, 2.0f / 9, 1.0f / 9};
+    float *bounded = malloc(sizeof(float) * ((size_t)frames + 4 + (size_t)g * frames)), *groups = bounded + frames + 4;
+    if (!bounded) return -1;
+    for (int b = 0; b < batch; b++) {
+        const float *r = raw + (size_t)b * rows * frames, *mel = logmel + (size_t)b * m * frames;
+        float *a = amp + (size_t)b * out_frames * count, *n = noise + (size_t)b * out_frames * m;
+        float *d = dev + (size_t)b * out_frames * count;
+        const float hz0 = (float)f0[b];
+        for (int k = 0; k < count; k++) {         /* each harmonic's level, read off the mel between two bands */
+            float hz = hz0 * (float)(k + 1);
+            float pos = mel_position(c, hz);
+            int low = (int)pos;
+            if (low > m - 2) low = m - 2;
+            float frac = pos - (float)low;
+            float width = band_width[low] + frac * (band_width[low + 1] - band_width[low]);
+            float spacing = 2.0f * hz0;
+            float collect = hz * (1.0f + c->max_deviation) < 0.5f * (float)c->sample_rate
+                ? logf((width < spacing ? width : spacing) / (float)c->analysis_fft) : -1e4f;
+            const float *lo = mel + (size_t)low * frames, *hi = lo + frames, *corr = r + (size_t)(g + m + k) * frames;
+            for (int f = 0; f < frames; f++) {
+                float level = (1.0f - frac) * lo[f] + frac * hi[f] + collect + corr[f];
+                a[(size_t)f * count + k] = expf(level < c->log_ceiling ? level : c->log_ceiling);
+            }
+        }
+        for (int j = 0; j < m; j++) {             /* noise: the mel's level per band, corrected */
+            const float *level = mel + (size_t)j * frames, *corr = r + (size_t)(g + j) * frames;
+            for (int f = 0; f < frames; f++) {
+                float x = level[f] + c->noise_offset + corr[f];
+                n[(size_t)f * m + j] = expf(x < c->log_ceiling ? x : c->log_ceiling);
+            }
+        }
+        /* deviations: bounded, averaged over 5 frames (the ends repeated), the fundamental's mean removed */
+        double mean0 = 0.0;
+        for (int q = 0; q < g; q++) {
+            const float *x = r + (size_t)q * frames;
+            float *y = groups + (size_t)q * frames;
+            for (int f = 0; f < frames + 4; f++) {
+                int at = f < 2 ? 0 : f - 2 >= frames ? frames - 1 : f - 2;
+                bounded[f] = c->max_deviation * tanhf(x[at]);
+            }
+            for (int f = 0; f < frames; f++) {
+                float sum = 0.0f;
+                for (int t = 0; t < 5; t++) sum += smooth[t] * bounded[f + t];
+                y[f] = sum;
+                if (q == 0) mean0 += sum;
+            }
+        }
+        float centre = (float)(mean0 / frames);
+        for (int f = 0; f < frames; f++)
+            for (int k = 0; k < count; k++)
+                d[(size_t)f * count + k] = groups[(size_t)group_of[k] * frames + f] - centre;
+        /* the controls of the last frame hold for the one after it */
+        memcpy(a + (size_t)frames * count, a + (size_t)(frames - 1) * count, sizeof(float) * count);
+        memcpy(n + (size_t)frames * m, n + (size_t)(frames - 1) * m, sizeof(float) * m);
+        memcpy(d + (size_t)frames * count, d + (size_t)(frames - 1) * count, sizeof(float) * count);
+    }
+    free(bounded);
+    return 0;
+}
 
 typedef struct {          /* one harmonic of the note being synthesized */
     double drift;         /* the deviation summed between frame centres (float64, as torch's cumsum) */

@@ -97,6 +97,14 @@ def window_kernel(n_fft: int, bins: int, oversample: int) -> torch.Tensor:
     return torch.from_numpy((window[None] * np.cos(2 * np.pi * x[:, None] * n[None] / n_fft)).sum(1)).float()
 
 
+class ControlSizes(ctypes.Structure):
+    """The settings ``_harmonic.c`` computes the controls with (its ``ControlSizes``)."""
+
+    _fields_ = ([(name, ctypes.c_int) for name in ("n_mels", "groups", "sample_rate", "analysis_fft")]
+                + [(name, ctypes.c_float) for name in
+                   ("mel_lo", "mel_step", "max_deviation", "log_ceiling", "noise_offset")])
+
+
 class SynthSizes(ctypes.Structure):
     """The sizes ``_harmonic.c`` synthesizes with (its ``SynthSizes``)."""
 
@@ -108,7 +116,8 @@ class SynthSizes(ctypes.Structure):
 def _native() -> ctypes.CDLL:
     p, i = ctypes.c_void_p, ctypes.c_int
     return load_library("waeserver.sound._harmonic", "harmonic inverter's C synthesis",
-                        [("harmonic_spectra", i, [p, i, i, i] + [p] * 9)])
+                        [("harmonic_controls", i, [p, i, i, i] + [p] * 8),
+                         ("harmonic_spectra", i, [p, i, i, i] + [p] * 9)])
 
 
 class HarmonicInverter(nn.Module):
@@ -121,6 +130,7 @@ class HarmonicInverter(nn.Module):
     def __init__(self, cfg: HarmonicConfig):
         super().__init__()
         self.cfg = cfg
+        self.native = True   # at inference on the CPU, the controls and the synthesis in C (benchmarks turn it off)
         k, m = cfg.max_harmonics, cfg.n_mels
         self.net = nn.Sequential(
             nn.Conv1d(m + 1, cfg.hidden, 3, padding=1), nn.LeakyReLU(0.1),
@@ -138,6 +148,8 @@ class HarmonicInverter(nn.Module):
         n_freqs = cfg.n_fft // 2 + 1
         mel_lo, mel_hi = hz_to_mel(np.array([cfg.f_min, cfg.f_max]))
         self.mel_lo, self.mel_step = float(mel_lo), float((mel_hi - mel_lo) / (m + 1))
+        # noise: per-bin magnitude = mel level x bin width; starts quieter than the harmonics
+        self.noise_offset = math.log(cfg.sample_rate / cfg.analysis_fft) - 2.0
         edges = mel_to_hz(np.linspace(mel_lo, mel_hi, m + 2))
         # full width in Hz of each mel triangle: how much of a harmonic's energy a band collects
         self.register_buffer("band_width", torch.from_numpy(edges[2:] - edges[:-2]).float(), persistent=False)
@@ -180,6 +192,17 @@ class HarmonicInverter(nn.Module):
         mel = torch.where(hz < brk, hz / f_sp, 15.0 + torch.log(hz.clamp(min=brk) / brk) / logstep)
         return ((mel - self.mel_lo) / self.mel_step - 1).clamp(0, self.cfg.n_mels - 1)
 
+    def network(self, logmel: torch.Tensor, f0: torch.Tensor, count: int) -> torch.Tensor:
+        """The network's output rows ``[B, G + M + K, F]`` for ``K = count``: deviations, noise
+        corrections, harmonic corrections (a note needs only its first rows)."""
+        cfg = self.cfg
+        batch, n_mels, frames = logmel.shape
+        normed = (logmel - cfg.mel_offset) / cfg.mel_scale
+        pitch = octaves_from_a4(f0.to(logmel.dtype))[:, None, None].expand(batch, 1, frames)
+        hidden = self.net(torch.cat([normed, pitch], dim=1))
+        rows = cfg.deviation_groups + n_mels + count
+        return F.conv1d(hidden, self.out.weight[:rows], self.out.bias[:rows])
+
     def controls(self, logmel: torch.Tensor, f0: torch.Tensor, count: int
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per frame: harmonic amplitudes ``[B, F, K]`` (0 above Nyquist), noise band magnitudes
@@ -188,13 +211,7 @@ class HarmonicInverter(nn.Module):
         batch, n_mels, frames = logmel.shape
         g = cfg.deviation_groups
         f0 = f0.to(logmel.dtype)
-        normed = (logmel - cfg.mel_offset) / cfg.mel_scale
-        pitch = octaves_from_a4(f0)[:, None, None].expand(batch, 1, frames)
-        hidden = self.net(torch.cat([normed, pitch], dim=1))
-        # outputs in the order deviations, noise, harmonics: a note needs only its first rows
-        last = self.out
-        rows = g + n_mels + count
-        out = F.conv1d(hidden, last.weight[:rows], last.bias[:rows]).transpose(1, 2)   # [B,F,rows]
+        out = self.network(logmel, f0, count).transpose(1, 2)                           # [B,F,rows]
         raw_dev, noise_corr, harm_corr = out[..., :g], out[..., g:g + n_mels], out[..., g + n_mels:]
 
         # each harmonic's level read off the mel between the two bands around it
@@ -216,9 +233,7 @@ class HarmonicInverter(nn.Module):
         collect = torch.where(audible, collect, torch.full_like(collect, -1e4))
         amp = torch.exp((level + collect[:, None] + harm_corr).clamp(max=self.LOG_CEILING))
 
-        # noise: per-bin magnitude = mel level x bin width; starts quieter than the harmonics
-        noise = torch.exp((seq + (math.log(cfg.sample_rate / cfg.analysis_fft) - 2.0) + noise_corr)
-                          .clamp(max=self.LOG_CEILING))
+        noise = torch.exp((seq + self.noise_offset + noise_corr).clamp(max=self.LOG_CEILING))
 
         dev = cfg.max_deviation * torch.tanh(raw_dev)                                  # [B,F,G]
         g_dev = dev.transpose(1, 2).reshape(batch * g, 1, frames)
@@ -273,6 +288,24 @@ class HarmonicInverter(nn.Module):
             table = table.repeat(-(-frames // table.shape[0]), 1)
         return spec + shaped * table[:frames]
 
+    def controls_native(self, logmel: torch.Tensor, f0: torch.Tensor, count: int
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`controls` after the network computed in C (``_harmonic.c``; CPU float32, no
+        gradients), with the last frame's controls held for one frame more, as :meth:`forward` wants
+        them: ``[B, F + 1, K]``, ``[B, F + 1, M]``, ``[B, F + 1, K]``."""
+        cfg = self.cfg
+        batch, n_mels, frames = logmel.shape
+        raw = self.network(logmel, f0, count).contiguous()
+        sizes = ControlSizes(n_mels, cfg.deviation_groups, cfg.sample_rate, cfg.analysis_fft, self.mel_lo,
+                             self.mel_step, cfg.max_deviation, self.LOG_CEILING, self.noise_offset)
+        amp, dev = torch.empty(batch, frames + 1, count), torch.empty(batch, frames + 1, count)
+        noise = torch.empty(batch, frames + 1, n_mels)
+        inputs = [raw, logmel.contiguous(), f0.to(torch.float64).contiguous(), self.band_width, self.group_of]
+        if _native().harmonic_controls(ctypes.byref(sizes), batch, frames, count,
+                                       *[t.data_ptr() for t in inputs + [amp, noise, dev]]):
+            raise MemoryError("harmonic inverter: no memory for a note's deviations")
+        return amp, noise, dev
+
     def spectra_native(self, amp: torch.Tensor, noise_bands: torch.Tensor, dev: torch.Tensor,
                        f0: torch.Tensor) -> torch.Tensor:
         """:meth:`spectra` computed in C (``_harmonic.c``): CPU float32, no gradients."""
@@ -320,7 +353,10 @@ class HarmonicInverter(nn.Module):
         return self._envelope
 
     def forward(self, logmel: torch.Tensor, f0: torch.Tensor) -> torch.Tensor:
+        count = self.count(f0)
+        if self.native and not torch.is_grad_enabled() and logmel.device.type == "cpu" \
+                and logmel.dtype == torch.float32:
+            return self.overlap_add(self.spectra_native(*self.controls_native(logmel, f0, count), f0))
         # the controls of the last frame hold for the one after it
-        amp, noise, dev = (torch.cat([c, c[:, -1:]], dim=1) for c in self.controls(logmel, f0, self.count(f0)))
-        native = not torch.is_grad_enabled() and logmel.device.type == "cpu" and logmel.dtype == torch.float32
-        return self.overlap_add((self.spectra_native if native else self.spectra)(amp, noise, dev, f0))
+        amp, noise, dev = (torch.cat([c, c[:, -1:]], dim=1) for c in self.controls(logmel, f0, count))
+        return self.overlap_add(self.spectra(amp, noise, dev, f0))
