@@ -55,3 +55,22 @@ def test_config_round_trip_and_refusal():
     assert SpectralConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown spectral settings"):
         SpectralConfig.from_dict({**cfg.to_dict(), "colour": 1})
+
+
+def test_the_log_mel_loss_sees_what_the_mel_shows():
+    """LogMelLoss: 0 for the same waveform, more for a note an octave off than for one 10 % louder,
+    and a finite gradient even for silence (|.| has none at exactly zero)."""
+    import math
+
+    from waeserver.dsp.stft_loss import LogMelLoss
+
+    cfg = SpectralConfig()
+    loss = LogMelLoss(cfg)
+    t = torch.arange(cfg.sample_rate // 2) / cfg.sample_rate
+    note = 0.1 * torch.sin(2 * math.pi * 440 * t)[None]
+    octave = 0.1 * torch.sin(2 * math.pi * 880 * t)[None]
+    assert float(loss(note, note)) == 0.0
+    assert float(loss(octave, note)) > 5 * float(loss(1.1 * note, note)) > 0
+    silence = torch.zeros_like(note, requires_grad=True)
+    loss(silence + 1e-3 * note, note).backward()
+    assert torch.isfinite(silence.grad).all() and silence.grad.abs().sum() > 0

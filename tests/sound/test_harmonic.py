@@ -181,9 +181,11 @@ def test_gradients_are_the_true_derivatives():
 
 def test_training_writes_an_inverter_that_loads_and_resumes(tiny_dataset, tmp_path):
     config = {"kind": "harmonic", "steps": 4, "batch_size": 2, "crop_frames": 8, "checkpoint_every": 2,
-              "log_every": 1, "model": {"hidden": 8, "max_harmonics": 24}}
+              "log_every": 1, "mel_weight": 2.0, "model": {"hidden": 8, "max_harmonics": 24}}
     result = train_inverter(tiny_dataset, tmp_path, config, progress=False)
     assert result["step"] == 4 and np.isfinite(result["sc"]) and np.isfinite(result["lsd_db"])
+    header, *rows = (tmp_path / "metrics.csv").read_text().splitlines()   # the log-mel term, logged
+    assert header.split(",")[-1] == "mel" and all(float(r.split(",")[-1]) > 0 for r in rows)
     again = train_inverter(tiny_dataset, tmp_path, dict(config, steps=6), resume=True, progress=False)
     assert again["step"] == 6 and len((tmp_path / "metrics.csv").read_text().splitlines()) == 7
     loaded = load_inverter(tmp_path)

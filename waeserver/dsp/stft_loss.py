@@ -7,6 +7,10 @@ windows) and attacks (short windows). An optional phase-aware term compares the 
 of the middle resolution; it is off by default, because the MCNN's harmonic sources start at a
 phase of their own, which a recording has no reason to share.
 
+:class:`LogMelLoss` compares the log-mels of two waveforms, as the dataset computes them: what the
+study's judges (and a listener's coarse ear) see of a note, which the linear-frequency losses weigh
+differently (docs/sound.md).
+
 Shapes: waveforms ``[B, T]``.
 """
 
@@ -14,6 +18,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from waeserver.dsp.spectral import SpectralConfig, mel_filterbank
 
 DEFAULT_RESOLUTIONS = ((512, 128), (1024, 256), (2048, 512))
 
@@ -58,3 +64,23 @@ class MultiResolutionSTFTLoss(nn.Module):
         parts = {"sc": sc_total / n, "mag": mag_total / n, "phase": phase}
         loss = parts["sc"] + self.mag_weight * parts["mag"] + self.phase_weight * phase
         return loss, parts
+
+
+class LogMelLoss(nn.Module):
+    """``forward(pred [B,T], target [B,T]) -> scalar``: mean absolute difference of the two log-mels
+    (the dataset's ``SpectralConfig``: its FFT, hop, mel bands and log floor)."""
+
+    def __init__(self, cfg: SpectralConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("window", torch.hann_window(cfg.n_fft), persistent=False)
+        self.register_buffer("filters", torch.from_numpy(mel_filterbank(cfg)).float(), persistent=False)
+
+    def log_mel(self, wave: torch.Tensor) -> torch.Tensor:
+        spec = torch.stft(wave, self.cfg.n_fft, hop_length=self.cfg.hop_length, window=self.window, center=True,
+                          pad_mode="constant", return_complex=True)
+        mag = (spec.real.pow(2) + spec.imag.pow(2) + 1e-12).sqrt()   # |.| has no gradient at exactly zero
+        return torch.log(torch.matmul(self.filters, mag).clamp(min=self.cfg.log_floor))
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (self.log_mel(pred) - self.log_mel(target)).abs().mean()

@@ -39,6 +39,7 @@ class InverterTrainConfig:
     lr: float = 2e-3
     lr_final: float = 2e-4             # cosine decay from lr to lr_final over `steps`
     phase_weight: float = 0.0
+    mel_weight: float = 0.0            # weight of the log-mel distance (LogMelLoss) beside the STFT losses
     seed: int = 0
     init: str = ""                     # start from this trained inverter of the same kind (folder or file)
     checkpoint_every: int = 200
@@ -152,7 +153,7 @@ def train_inverter(data_dir: str | Path, out_dir: str | Path, config: InverterTr
     import yaml
 
     from waeserver.data.dataset import NoteDataset
-    from waeserver.dsp.stft_loss import MultiResolutionSTFTLoss
+    from waeserver.dsp.stft_loss import LogMelLoss, MultiResolutionSTFTLoss
 
     if isinstance(config, dict):
         config = InverterTrainConfig.from_dict(config)
@@ -166,6 +167,7 @@ def train_inverter(data_dir: str | Path, out_dir: str | Path, config: InverterTr
     torch.manual_seed(config.seed)
     model = _starting_inverter(config, ds, feats, out, state).to(device)
     loss_fn = MultiResolutionSTFTLoss(phase_weight=config.phase_weight).to(device)
+    mel_loss = LogMelLoss(ds.spectral).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     first = 0
     if state is not None:
@@ -179,7 +181,11 @@ def train_inverter(data_dir: str | Path, out_dir: str | Path, config: InverterTr
                                      ds.spectral.hop_length, rng)
         lr = cosine_lr(step / max(config.steps, 1), config.lr, config.lr_final)
         set_lr(opt, lr)
-        loss, parts = loss_fn(model(mel.to(device), f0.to(device)), wave.to(device))
+        pred, wave = model(mel.to(device), f0.to(device)), wave.to(device)
+        loss, parts = loss_fn(pred, wave)
+        if config.mel_weight:
+            parts["mel"] = mel_loss(pred, wave)
+            loss = loss + config.mel_weight * parts["mel"]
         clipped_step(opt, loss, model.parameters())
         return {"loss": loss, **parts, "lr": lr}
 
@@ -187,7 +193,8 @@ def train_inverter(data_dir: str | Path, out_dir: str | Path, config: InverterTr
         run.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": torch.tensor(step)})
 
     model.train()
-    with run.metrics(COLUMNS, first if state is not None else None) as metrics:
+    columns = COLUMNS + ["mel"] * bool(config.mel_weight)
+    with run.metrics(columns, first if state is not None else None) as metrics:
         step = run_steps(first, config.steps, train_step, checkpoint, metrics, log_every=config.log_every,
                          checkpoint_every=config.checkpoint_every, max_minutes=config.max_minutes,
                          desc=f"inverter ({config.kind})", progress=progress)
