@@ -90,6 +90,25 @@ def test_bench_figures_on_a_small_bundle(bundle_path):
     assert torch.isfinite(torch.tensor(s["real_time_factor"]))
 
 
+def test_the_pitch_of_generated_notes_beside_that_of_the_recordings(tiny_dataset):
+    """With the dataset, the pitch figure says what YIN reads off the recordings of the same notes
+    (those the dataset has), and how many generated notes agree with their recording."""
+    from waeserver.data.dataset import NoteDataset
+    from waeserver.sound.bench import recorded_pitches
+
+    b = load_bundle(make_test_bundle(tiny_dataset.parent / "tiny-model-pitch"))
+    p = pitch_accuracy(b, batch=64, data=tiny_dataset)
+    notes = {(r["style"], r["pitch"]) for r in NoteDataset(tiny_dataset).rows}
+    in_range = {(s, q) for s, q in notes if 48 <= q <= 83}
+    assert p["notes"] == 3 * 36 and p["recordings"] == len(in_range) > 0
+    # TimGM6mb's piano, flute and violin read at their own pitches
+    assert p["recordings_within_tolerance"] >= 0.9
+    assert 0.0 <= p["within_tolerance_of_recordings"] <= 1.0
+    assert "recordings of the same notes" in format_report({"machine": {"processor": "x"}, "model": b.name,
+                                                          "speed": [], "pitch": p})
+    assert recorded_pitches(tiny_dataset, [("piano", 20)]) == {}   # a note the dataset lacks
+
+
 def test_quality_figures_compare_every_path_and_the_judges_hear_each(tiny_dataset):
     """Griffin-Lim, each inverter and the whole model against the recordings, side by side; the
     judges on the recordings themselves and on every path's audio."""

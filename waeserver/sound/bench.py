@@ -192,10 +192,35 @@ def inversion_quality(bundle: Bundle, data_dir: str | Path, max_notes: int | Non
 
 
 @torch.no_grad()
-def pitch_accuracy(bundle: Bundle, seed: int = 0, batch: int = 32) -> dict:
+def recorded_pitches(data_dir: str | Path, jobs: list[tuple[str, int]], velocity: int = 100) -> dict:
+    """What YIN reads off the dataset's own recording of each ``(style, pitch)`` of ``jobs`` that it
+    has (the one nearest ``velocity``): Hz, or None when it finds no pitch."""
+    from waeserver.data.dataset import NoteDataset
+    from waeserver.dsp.pitch import estimate_pitch
+
+    ds = NoteDataset(data_dir)
+    nearest: dict[tuple[str, int], int] = {}
+    for i, row in enumerate(ds.rows):
+        key = (row["style"], row["pitch"])
+        if key in nearest and abs(ds.rows[nearest[key]]["velocity"] - velocity) <= abs(row["velocity"] - velocity):
+            continue
+        nearest[key] = i
+    found = {}
+    for key in jobs:
+        if key in nearest:
+            est = estimate_pitch(ds.audio(nearest[key]), ds.spectral.sample_rate)
+            found[key] = est.hz if est is not None else None
+    return found
+
+
+def pitch_accuracy(bundle: Bundle, seed: int = 0, batch: int = 32, data: str | Path | None = None) -> dict:
     """Generated notes of every style over octaves 3..5 (within each style's range), z from the
-    prior, checked by YIN: the fraction within 50 cents of the requested pitch."""
-    from waeserver.dsp.pitch import cents_off, estimate_pitch
+    prior, checked by YIN: the fraction within 50 cents of the requested pitch. With the bundle's
+    dataset (``data``), also what YIN reads off the recordings of the same styles and pitches: the
+    fraction of those within 50 cents of their pitch (the tracker's ceiling on this data: a
+    soundfont sample with a weak fundamental reads an octave up), and of the generated notes within
+    50 cents of their recording's reading (those it found a pitch in)."""
+    from waeserver.dsp.pitch import cents_off, estimate_pitch, hz_to_midi
 
     ranges = bundle.card.get("style_ranges") or {}
     low_all, high_all = bundle.pitch_range
@@ -208,26 +233,42 @@ def pitch_accuracy(bundle: Bundle, seed: int = 0, batch: int = 32) -> dict:
         return {"notes": 0}
     gen = torch.Generator().manual_seed(seed)
     z_all = torch.randn(len(jobs), bundle.latent_size, generator=gen)
-    cents, per_style = [], {name: [0, 0] for name in bundle.styles}
+    found = []
     for s in range(0, len(jobs), batch):
         part = jobs[s:s + batch]
         pitch = torch.tensor([p for _, p in part])
         style = style_onehot(torch.tensor([k for k, _ in part]), len(bundle.styles))
         velocity = torch.full((len(part),), 100 / 127)
         waves = bundle.synthesize(pitch, velocity, style, z_all[s:s + len(part)]).cpu().numpy()
-        for (k, p), wave in zip(part, waves):
+        for wave in waves:
             est = estimate_pitch(wave, bundle.sample_rate)
-            off = abs(cents_off(est.hz, p)) if est is not None else float("inf")
-            cents.append(off)
-            per_style[bundle.styles[k]][0] += off <= PITCH_TOLERANCE_CENTS
-            per_style[bundle.styles[k]][1] += 1
-    cents_arr = np.array(cents)
-    finite = cents_arr[np.isfinite(cents_arr)]
-    return {"notes": len(cents), "octaves": list(PITCH_OCTAVES), "tolerance_cents": PITCH_TOLERANCE_CENTS,
-            "within_tolerance": round(float(np.mean(cents_arr <= PITCH_TOLERANCE_CENTS)), 4),
-            "no_pitch_found": int(np.sum(~np.isfinite(cents_arr))),
-            "median_abs_cents": round(float(np.median(finite)), 2) if finite.size else None,
-            "per_style": {n: round(ok / total, 3) for n, (ok, total) in per_style.items() if total}}
+            found.append(est.hz if est is not None else None)
+
+    def within(hz, pitch: float) -> bool:
+        return hz is not None and abs(cents_off(hz, pitch)) <= PITCH_TOLERANCE_CENTS
+
+    cents = np.array([abs(cents_off(hz, p)) if hz is not None else np.inf for hz, (_, p) in zip(found, jobs)])
+    right = cents <= PITCH_TOLERANCE_CENTS
+    per_style = {name: [0, 0] for name in bundle.styles}
+    for ok, (k, _) in zip(right, jobs):
+        per_style[bundle.styles[k]][0] += int(ok)
+        per_style[bundle.styles[k]][1] += 1
+    finite = cents[np.isfinite(cents)]
+    result = {"notes": len(jobs), "octaves": list(PITCH_OCTAVES), "tolerance_cents": PITCH_TOLERANCE_CENTS,
+              "within_tolerance": round(float(np.mean(right)), 4),
+              "no_pitch_found": int(np.sum(~np.isfinite(cents))),
+              "median_abs_cents": round(float(np.median(finite)), 2) if finite.size else None,
+              "per_style": {n: round(ok / total, 3) for n, (ok, total) in per_style.items() if total}}
+    if data is not None:
+        keys = [(bundle.styles[k], p) for k, p in jobs]
+        recorded = recorded_pitches(data, keys)
+        heard = [(hz, recorded[key]) for hz, key in zip(found, keys) if recorded.get(key) is not None]
+        result["recordings"] = len(recorded)
+        result["recordings_within_tolerance"] = round(float(np.mean(
+            [within(hz, pitch) for (_, pitch), hz in recorded.items()])), 4) if recorded else None
+        result["within_tolerance_of_recordings"] = round(float(np.mean(
+            [within(hz, hz_to_midi(rec)) for hz, rec in heard])), 4) if heard else None
+    return result
 
 
 def machine() -> dict:
@@ -284,7 +325,7 @@ def bench(model: str | Path | Bundle, devices: list[str] | None = None, data: st
         else:
             report["quality"] = {"skipped": "no dataset (give --data DIR)"}
         log.info("bench: pitch of generated notes")
-        report["pitch"] = pitch_accuracy(first)
+        report["pitch"] = pitch_accuracy(first, data=data if data and Path(data).is_dir() else None)
     return report
 
 
@@ -316,6 +357,10 @@ def format_report(report: dict) -> str:
     if p and p.get("notes"):
         lines.append(f"pitch: {100 * p['within_tolerance']:.1f}% of {p['notes']} generated notes (octaves "
                      f"{p['octaves'][0]}-{p['octaves'][1]}) within {p['tolerance_cents']:.0f} cents, "
-                     f"median error {p['median_abs_cents']} cents")
+                     f"median error {p['median_abs_cents']} cents"
+                     + (f"; the recordings of the same notes {100 * p['recordings_within_tolerance']:.1f}%, the "
+                        f"generated notes within {p['tolerance_cents']:.0f} cents of their recording's pitch "
+                        f"{100 * p['within_tolerance_of_recordings']:.1f}%"
+                        if p.get("within_tolerance_of_recordings") is not None else ""))
     return "\n".join(lines)
 

@@ -290,7 +290,7 @@ def _bundle_stage(b: _Build, out: Path, encoder, decoder, inverters: dict, pitch
     write()
     bundle = load_bundle(out, b.dev)
     evaluation["audio"] = inversion_quality(bundle, b.data)
-    evaluation["pitch"] = pitch_accuracy(bundle)
+    evaluation["pitch"] = pitch_accuracy(bundle, data=b.data)
     write()
     load_bundle(out, "cpu")
     log.info("build: %s written (pitch within 50 cents: %.1f%%, %s SC %.3f)", out,
