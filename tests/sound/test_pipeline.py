@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 import yaml
 from bundles import make_test_bundle
 
@@ -71,6 +74,19 @@ def test_a_bundle_rebuilt_around_a_new_inverter_keeps_the_old_one(tiny_dataset, 
     again = build_model(tiny_dataset, tmp_path / "new", device="cpu", work=tmp_path / "work", from_bundle=old,
                         inverter_config=TINY_INVERTER, finetune_config=TINY_FINETUNE, progress=False)
     assert load_bundle(again).card["weights"]["sha256"] == card["weights"]["sha256"]
+
+
+def test_a_build_that_keeps_its_source_decoder(tiny_dataset, tmp_path):
+    """examples/build-keep-decoder.yaml: a new inverter, the source bundle's decoder as it was."""
+    from waeserver.cli.build_model import read_build_config
+
+    old = make_test_bundle(tmp_path / "old")
+    config = read_build_config(Path(__file__).resolve().parents[2] / "examples" / "build-keep-decoder.yaml")
+    out = build_model(tiny_dataset, tmp_path / "new", device="cpu", work=tmp_path / "work", from_bundle=old,
+                      inverter_config=TINY_INVERTER, finetune_config=config["finetune"], progress=False)
+    before, after = load_bundle(old).decoder.state_dict(), load_bundle(out).decoder.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert load_bundle(out).card["evaluation"]["finetune"]["steps"] == 0
 
 
 def test_a_build_from_a_bundle_of_other_data_or_with_both_sources_is_refused(tiny_dataset, tmp_path, capsys):
