@@ -94,6 +94,21 @@ def test_pitch_facts_live_only_in_dsp_pitch():
     assert not wrong, "; ".join(wrong)
 
 
+def test_the_mel_scale_lives_only_in_dsp_spectral():
+    """Slaney's constants (the 6.4 of its log step, 200/3 Hz a mel) are named once, in dsp/spectral.py."""
+    wrong = []
+    for rel, tree in modules().items():
+        if rel == "dsp/spectral.py":
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and type(node.value) is float and node.value in (6.4, 200.0 / 3):
+                wrong.append(f"{rel}:{node.lineno} writes {node.value}")
+            if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div) and isinstance(node.left, ast.Constant) \
+                    and isinstance(node.right, ast.Constant) and (node.left.value, node.right.value) == (200.0, 3):
+                wrong.append(f"{rel}:{node.lineno} writes 200 / 3")
+    assert not wrong, "use MEL_* of waeserver.dsp.spectral: " + "; ".join(wrong)
+
+
 def test_yaml_is_read_only_through_settings():
     wrong = []
     for rel, tree in modules().items():

@@ -49,20 +49,27 @@ class SpectralConfig:
         return from_plain(cls, data, "spectral settings")
 
 
+# Slaney's mel scale: linear below MEL_BREAK_HZ (MEL_LINEAR_HZ per mel), logarithmic above
+MEL_LINEAR_HZ = 200.0 / 3
+MEL_BREAK_HZ = 1000.0
+MEL_BREAK = 15.0                                  # MEL_BREAK_HZ / MEL_LINEAR_HZ, in mels
+MEL_LOG_STEP = math.log(6.4) / 27.0               # natural log of the frequency ratio per mel above
+
+
 def hz_to_mel(hz: np.ndarray) -> np.ndarray:
     """Slaney's mel scale: linear below 1 kHz, logarithmic above."""
     hz = np.asarray(hz, dtype=np.float64)
-    mel = hz / (200.0 / 3)
-    log_region = hz >= 1000.0
-    mel[log_region] = 15.0 + np.log(hz[log_region] / 1000.0) / (math.log(6.4) / 27.0)
+    mel = hz / MEL_LINEAR_HZ
+    log_region = hz >= MEL_BREAK_HZ
+    mel[log_region] = MEL_BREAK + np.log(hz[log_region] / MEL_BREAK_HZ) / MEL_LOG_STEP
     return mel
 
 
 def mel_to_hz(mel: np.ndarray) -> np.ndarray:
     mel = np.asarray(mel, dtype=np.float64)
-    hz = mel * (200.0 / 3)
-    log_region = mel >= 15.0
-    hz[log_region] = 1000.0 * np.exp((math.log(6.4) / 27.0) * (mel[log_region] - 15.0))
+    hz = mel * MEL_LINEAR_HZ
+    log_region = mel >= MEL_BREAK
+    hz[log_region] = MEL_BREAK_HZ * np.exp(MEL_LOG_STEP * (mel[log_region] - MEL_BREAK))
     return hz
 
 

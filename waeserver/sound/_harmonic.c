@@ -36,15 +36,16 @@ typedef struct {
     int n_fft, hop, sample_rate, taps, oversample, n_mels, noise_frames;
 } SynthSizes;
 
-typedef struct {          /* HarmonicInverter's settings the controls need */
+typedef struct {          /* HarmonicInverter's settings the controls need; the mel scale's from dsp/spectral.py */
     int n_mels, groups, sample_rate, analysis_fft;
+    float mel_linear_hz, mel_break_hz, mel_break, mel_log_step;
     float mel_lo, mel_step, max_deviation, log_ceiling, noise_offset;
 } ControlSizes;
 
 /* Fractional mel-band index of a frequency (HarmonicInverter.mel_position: band j centred on edge j + 1). */
 static inline float mel_position(const ControlSizes *c, float hz) {
-    const float f_sp = 200.0f / 3.0f, brk = 1000.0f, logstep = 0.068751777420949f;   /* ln(6.4) / 27 */
-    float mel = hz < brk ? hz / f_sp : 15.0f + logf((hz > brk ? hz : brk) / brk) / logstep;
+    const float brk = c->mel_break_hz;
+    float mel = hz < brk ? hz / c->mel_linear_hz : c->mel_break + logf((hz > brk ? hz : brk) / brk) / c->mel_log_step;
     float pos = (mel - c->mel_lo) / c->mel_step - 1.0f;
     return pos < 0.0f ? 0.0f : pos > (float)(c->n_mels - 1) ? (float)(c->n_mels - 1) : pos;
 }

@@ -45,7 +45,7 @@ from torch.nn import functional as F
 
 from waeserver.dsp.native import load_library
 from waeserver.dsp.pitch import octaves_from_a4
-from waeserver.dsp.spectral import hz_to_mel, mel_to_hz
+from waeserver.dsp.spectral import MEL_BREAK, MEL_BREAK_HZ, MEL_LINEAR_HZ, MEL_LOG_STEP, hz_to_mel, mel_to_hz
 from waeserver.settings import from_plain
 
 
@@ -102,7 +102,8 @@ class ControlSizes(ctypes.Structure):
 
     _fields_ = ([(name, ctypes.c_int) for name in ("n_mels", "groups", "sample_rate", "analysis_fft")]
                 + [(name, ctypes.c_float) for name in
-                   ("mel_lo", "mel_step", "max_deviation", "log_ceiling", "noise_offset")])
+                   ("mel_linear_hz", "mel_break_hz", "mel_break", "mel_log_step",
+                    "mel_lo", "mel_step", "max_deviation", "log_ceiling", "noise_offset")])
 
 
 class SynthSizes(ctypes.Structure):
@@ -187,9 +188,8 @@ class HarmonicInverter(nn.Module):
 
     def mel_position(self, hz: torch.Tensor) -> torch.Tensor:
         """Fractional mel-band index of frequencies in Hz (band ``j`` centred on edge ``j + 1``)."""
-        f_sp, brk = 200.0 / 3, 1000.0
-        logstep = math.log(6.4) / 27.0
-        mel = torch.where(hz < brk, hz / f_sp, 15.0 + torch.log(hz.clamp(min=brk) / brk) / logstep)
+        brk = MEL_BREAK_HZ
+        mel = torch.where(hz < brk, hz / MEL_LINEAR_HZ, MEL_BREAK + torch.log(hz.clamp(min=brk) / brk) / MEL_LOG_STEP)
         return ((mel - self.mel_lo) / self.mel_step - 1).clamp(0, self.cfg.n_mels - 1)
 
     def network(self, logmel: torch.Tensor, f0: torch.Tensor, count: int) -> torch.Tensor:
@@ -296,8 +296,9 @@ class HarmonicInverter(nn.Module):
         cfg = self.cfg
         batch, n_mels, frames = logmel.shape
         raw = self.network(logmel, f0, count).contiguous()
-        sizes = ControlSizes(n_mels, cfg.deviation_groups, cfg.sample_rate, cfg.analysis_fft, self.mel_lo,
-                             self.mel_step, cfg.max_deviation, self.LOG_CEILING, self.noise_offset)
+        sizes = ControlSizes(n_mels, cfg.deviation_groups, cfg.sample_rate, cfg.analysis_fft, MEL_LINEAR_HZ,
+                             MEL_BREAK_HZ, MEL_BREAK, MEL_LOG_STEP, self.mel_lo, self.mel_step, cfg.max_deviation,
+                             self.LOG_CEILING, self.noise_offset)
         amp, dev = torch.empty(batch, frames + 1, count), torch.empty(batch, frames + 1, count)
         noise = torch.empty(batch, frames + 1, n_mels)
         inputs = [raw, logmel.contiguous(), f0.to(torch.float64).contiguous(), self.band_width, self.group_of]
