@@ -24,9 +24,10 @@ The pitch is the MIDI pitch's by construction (harmonics at ``k * f0``, deviatio
 out), as for the source-filter MCNN, but the timbre is no longer a channel vocoder's: every
 harmonic has its own amplitude.
 
-At inference on the CPU (no gradients, float32) the synthesis step runs in C (``_harmonic.c``,
-built with the package): the same spectra as :meth:`HarmonicInverter.spectra`, the torch
-reference that training differentiates, without the frames x harmonics x taps tensors.
+At inference on the CPU (no gradients, float32) everything after the network runs in C
+(``_harmonic.c``, built with the package): the same controls as :meth:`HarmonicInverter.controls`
+and the same spectra as :meth:`HarmonicInverter.spectra`, the torch reference that training
+differentiates, without two dozen small tensor operations and the frames x harmonics x taps tensors.
 
 Shapes: log-mel ``[B, M, F]`` and ``f0 [B]`` Hz in, waveform ``[B, F * hop]`` out.
 """
