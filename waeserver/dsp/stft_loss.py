@@ -19,9 +19,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from waeserver.dsp.spectral import SpectralConfig, mel_filterbank
+from waeserver.dsp.spectral import MelSpectrogram, SpectralConfig, stft
 
 DEFAULT_RESOLUTIONS = ((512, 128), (1024, 256), (2048, 512))
+
+
+def magnitude(spec: torch.Tensor) -> torch.Tensor:
+    """``|spec|`` with an epsilon under the root: ``abs`` has an infinite gradient at exactly zero."""
+    return (spec.real.pow(2) + spec.imag.pow(2) + 1e-12).sqrt()
 
 
 class MultiResolutionSTFTLoss(nn.Module):
@@ -48,8 +53,7 @@ class MultiResolutionSTFTLoss(nn.Module):
         middle = len(self.resolutions) // 2
         for k, (n_fft, hop) in enumerate(self.resolutions):
             p_spec, t_spec = self.spectrum(pred, n_fft, hop), self.spectrum(target, n_fft, hop)
-            # sqrt with an epsilon: |.| has an infinite gradient at exactly zero
-            p_mag = (p_spec.real.pow(2) + p_spec.imag.pow(2) + 1e-12).sqrt()
+            p_mag = magnitude(p_spec)
             t_mag = t_spec.abs()
             # over the whole batch: a nearly silent crop must not blow the ratio up
             sc = torch.linalg.vector_norm(t_mag - p_mag) / torch.linalg.vector_norm(t_mag).clamp(min=1e-4)
@@ -67,20 +71,17 @@ class MultiResolutionSTFTLoss(nn.Module):
 
 
 class LogMelLoss(nn.Module):
-    """``forward(pred [B,T], target [B,T]) -> scalar``: mean absolute difference of the two log-mels
-    (the dataset's ``SpectralConfig``: its FFT, hop, mel bands and log floor)."""
+    """``forward(pred [B,T], target [B,T]) -> scalar``: mean absolute difference of the two log-mels,
+    the dataset's (:class:`~waeserver.dsp.spectral.MelSpectrogram` of its ``SpectralConfig``) with a
+    magnitude that has a gradient at zero."""
 
     def __init__(self, cfg: SpectralConfig):
         super().__init__()
-        self.cfg = cfg
-        self.register_buffer("window", torch.hann_window(cfg.n_fft), persistent=False)
-        self.register_buffer("filters", torch.from_numpy(mel_filterbank(cfg)).float(), persistent=False)
+        self.mel = MelSpectrogram(cfg)
 
     def log_mel(self, wave: torch.Tensor) -> torch.Tensor:
-        spec = torch.stft(wave, self.cfg.n_fft, hop_length=self.cfg.hop_length, window=self.window, center=True,
-                          pad_mode="constant", return_complex=True)
-        mag = (spec.real.pow(2) + spec.imag.pow(2) + 1e-12).sqrt()   # |.| has no gradient at exactly zero
-        return torch.log(torch.matmul(self.filters, mag).clamp(min=self.cfg.log_floor))
+        mel = torch.matmul(self.mel.filters, magnitude(stft(wave, self.mel.cfg, self.mel.window)))
+        return torch.log(mel.clamp(min=self.mel.cfg.log_floor))
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return (self.log_mel(pred) - self.log_mel(target)).abs().mean()

@@ -191,7 +191,6 @@ def inversion_quality(bundle: Bundle, data_dir: str | Path, max_notes: int | Non
     return result
 
 
-@torch.no_grad()
 def recorded_pitches(data_dir: str | Path, jobs: list[tuple[str, int]], velocity: int = 100) -> dict:
     """What YIN reads off the dataset's own recording of each ``(style, pitch)`` of ``jobs`` that it
     has (the one nearest ``velocity``): Hz, or None when it finds no pitch."""
@@ -213,6 +212,7 @@ def recorded_pitches(data_dir: str | Path, jobs: list[tuple[str, int]], velocity
     return found
 
 
+@torch.no_grad()
 def pitch_accuracy(bundle: Bundle, seed: int = 0, batch: int = 32, data: str | Path | None = None) -> dict:
     """Generated notes of every style over octaves 3..5 (within each style's range), z from the
     prior, checked by YIN: the fraction within 50 cents of the requested pitch. With the bundle's
