@@ -125,6 +125,17 @@ def test_the_c_synthesis_is_the_torch_reference(vibrato):
     assert float((waves[0] - waves[1]).norm() / waves[0].norm()) < (1e-6 if vibrato == 0 else 2e-4)
 
 
+def controls_both_ways(inv: HarmonicInverter, mel: torch.Tensor, f0: torch.Tensor, count: int) -> tuple[list, tuple]:
+    """The controls by torch (the last frame held for one more) and by C, checked to agree within
+    float32 rounding (C's expf and tanhf are not torch's)."""
+    by_torch = [torch.cat([c, c[:, -1:]], dim=1) for c in inv.controls(mel, f0, count)]
+    in_c = inv.controls_native(mel, f0, count)
+    for name, reference, native in zip(("amplitudes", "noise", "deviations"), by_torch, in_c):
+        assert native.shape == reference.shape, name
+        assert float((native - reference).abs().max() / reference.abs().max()) < 1e-5, name
+    return by_torch, in_c
+
+
 def test_the_c_controls_are_the_torch_reference():
     """After the network, the controls come from _harmonic.c at inference too: torch's (within
     float32 rounding: C's expf and tanhf are not torch's), the last frame held for one more; and
@@ -137,17 +148,82 @@ def test_the_c_controls_are_the_torch_reference():
     count = inv.count(f0)
     mel = torch.randn(2, 128, 16) - 6
     with torch.no_grad():
-        by_torch = [torch.cat([c, c[:, -1:]], dim=1) for c in inv.controls(mel, f0, count)]
-        in_c = inv.controls_native(mel, f0, count)
-        for name, reference, native in zip(("amplitudes", "noise", "deviations"), by_torch, in_c):
-            assert native.shape == reference.shape, name
-            assert float((native - reference).abs().max() / reference.abs().max()) < 1e-5, name
+        by_torch, in_c = controls_both_ways(inv, mel, f0, count)
         # the high note (7 kHz) has one harmonic below Nyquist
         assert by_torch[2].abs().max() > 1e-3
         assert (by_torch[0][1, :, 1:] == 0).all() and (by_torch[0][1, :, 0] > 0).all()
         assert torch.equal(inv(mel, f0), inv.overlap_add(inv.spectra_native(*in_c, f0)))
         by_torch = inv.overlap_add(inv.spectra(*by_torch, f0))
     assert torch.equal(inv(mel, f0).detach(), by_torch)
+
+
+def test_layered_harmonics_start_as_the_one_partial_inverter():
+    """A layer head on a trained inverter (what ``init`` with ``layered_harmonics`` does) changes
+    nothing until it is trained: the second partials' shares start at 0."""
+    plain = inverter()
+    with torch.no_grad():
+        plain.out.weight.normal_(0, 0.3)
+    layered = inverter(layered_harmonics=24)
+    layered.load_state_dict(plain.state_dict(), strict=False)
+    f0 = midi_to_f0(torch.tensor([40, 67]))
+    mel = torch.randn(2, 128, 16) - 6
+    with torch.no_grad():
+        assert torch.allclose(layered(mel, f0), plain(mel, f0), atol=1e-7)
+        amp, _, dev = layered.controls(mel, f0, layered.count(f0))
+    count = layered.count(f0)
+    assert amp.shape[-1] == dev.shape[-1] == count + 24
+    assert torch.equal(layered.numbers(count)[count:], torch.arange(1, 25))
+    assert (amp[..., count:] == 0).all()
+    assert torch.allclose(dev[..., count:] - dev[..., :24], torch.full_like(dev[..., :24], 0.006), atol=1e-6)
+
+
+def test_layered_controls_in_c_are_the_torch_reference():
+    """With second partials (shares and offsets of every size), the C controls and synthesis are
+    still torch's: partial for partial, and the waveform."""
+    inv = inverter(layered_harmonics=40)
+    with torch.no_grad():
+        for conv in (inv.out, inv.layer_out):
+            conv.weight.normal_(0, 0.3)
+            conv.bias.normal_(0, 0.3)
+    f0 = midi_to_f0(torch.tensor([24, 100]))   # the high one: second partials above Nyquist are silent
+    count = inv.count(f0)
+    mel = torch.randn(2, 128, 16) - 6
+    with torch.no_grad():
+        by_torch, in_c = controls_both_ways(inv, mel, f0, count)
+        assert by_torch[0][:, :, count:].abs().max() > 0
+        numbers = inv.numbers(count)
+        reference = inv.overlap_add(inv.spectra(*by_torch, f0, numbers))
+        assert float((inv(mel, f0) - reference).norm() / reference.norm()) < 2e-4
+
+
+def test_a_detuned_pair_beats():
+    """Two partials of one harmonic an offset apart beat at the offset's frequency (as a soundfont's
+    two detuned layers do); one partial does not."""
+    inv = inverter()
+    frames, f0, offset = 160, 440.0, 0.01           # beats at 4.4 Hz: 227 ms
+    one = torch.zeros(1, frames + 1, 1)
+    one[..., 0] = 0.1
+    pair = torch.full((1, frames + 1, 2), 0.1 / math.sqrt(2))
+    dev = torch.zeros(1, frames + 1, 2)
+    dev[..., 1] = offset
+    noise = torch.zeros(1, frames + 1, inv.cfg.n_mels)
+    f = torch.tensor([f0])
+    with torch.no_grad():
+        steady = inv.overlap_add(inv.spectra(one, noise, torch.zeros_like(one), f))[0]
+        beating = inv.overlap_add(inv.spectra(pair, noise, dev, f, torch.tensor([1, 1])))[0]
+        native = inv.overlap_add(inv.spectra_native(pair, noise, dev, f, torch.tensor([1, 1])))[0]
+    assert torch.allclose(native, beating, atol=1e-5)
+
+    def envelope(wave):   # RMS over 10 ms, away from the ends
+        x = wave[2048:-2048]
+        return x[:len(x) // 220 * 220].view(-1, 220).pow(2).mean(1).sqrt()
+
+    assert float(envelope(steady).min() / envelope(steady).max()) > 0.95
+    env = envelope(beating)
+    assert float(env.min() / env.max()) < 0.2
+    spectrum = torch.fft.rfft(env - env.mean())
+    beat_hz = float(spectrum.abs().argmax()) * 100.0 / len(env)
+    assert abs(beat_hz - f0 * offset) < 1.0, beat_hz
 
 
 def test_gradients_are_the_true_derivatives():
@@ -202,6 +278,7 @@ def test_training_writes_an_inverter_that_loads_and_resumes(tiny_dataset, tmp_pa
     ({"n_fft": 384}, "power of two"),
     ({"kernel_bins": 5}, "even"),
     ({"max_deviation": 0.5}, "max_deviation"),
+    ({"layered_harmonics": 200}, "layered_harmonics"),
     ({"hop": 256}, "unknown harmonic inverter settings: hop"),
 ])
 def test_bad_settings_are_refused(settings, message):

@@ -6,9 +6,13 @@
  * (each harmonic's level read off the mel, the noise levels, the smoothed and centred deviations),
  * in float32, and holds the last frame's controls for one frame more, as forward() does: about
  * twenty small tensor operations in torch, each costing more in its overhead than in its work.
- * Shapes: raw [B, G + M + K, F] (the network's output rows: deviations, noise, harmonics);
- * logmel [B, M, F]; f0 [B] (float64, Hz); band_width [M]; group_of [K] (int64); amp, dev
- * [B, F + 1, K] and noise [B, F + 1, M], written whole. Returns 0, or -1 without memory for its
+ * With P = pairs layered harmonics, the first P harmonics' second partials follow the K first ones
+ * in amp and dev: the first partial's amplitude times cos(theta), the second's times sin(theta),
+ * the second's deviation the first's plus its group's smoothed offset.
+ * Shapes: raw [B, G + M + K (+ G + P), F] (the network's output rows: deviations, noise,
+ * harmonics, then the second partials' offsets and shares); logmel [B, M, F]; f0 [B] (float64,
+ * Hz); band_width [M]; group_of [K] (int64); amp, dev [B, F + 1, K + P] and noise [B, F + 1, M],
+ * written whole. Returns 0, or -1 without memory for its
  * scratch rows (nothing written then).
  *
  * It computes what HarmonicInverter.spectra computes with torch (waeserver/sound/harmonic.py,
@@ -22,7 +26,8 @@
  * is reduced to a cycle before its sine is taken (torch takes the sine of the whole angle in
  * float32), a few 1e-5 of the waveform on a note with wide vibrato, none on a steady one.
  *
- * Shapes (all contiguous): f0 [B] (float64, Hz); amp, dev [B, F, K]; noise_bands [B, F, M];
+ * Shapes (all contiguous): f0 [B] (float64, Hz); numbers [K] (int64: partial k is harmonic
+ * numbers[k]); amp, dev [B, F, K]; noise_bands [B, F, M];
  * noise_low [half] (int64), noise_frac [half]; noise_table [noise_frames, half, 2];
  * kernel_rows [oversample + 2, taps]; out [B, F, half, 2], written whole. half = n_fft / 2 + 1.
  * Returns 0, or -1 when the scratch row could not be allocated (nothing written then). */
@@ -39,7 +44,7 @@ typedef struct {
 typedef struct {          /* HarmonicInverter's settings the controls need; the mel scale's from dsp/spectral.py */
     int n_mels, groups, sample_rate, analysis_fft;
     float mel_linear_hz, mel_break_hz, mel_break, mel_log_step;
-    float mel_lo, mel_step, max_deviation, log_ceiling, noise_offset;
+    float mel_lo, mel_step, max_deviation, log_ceiling, noise_offset, max_layer_offset;
 } ControlSizes;
 
 /* Fractional mel-band index of a frequency (HarmonicInverter.mel_position: band j centred on edge j + 1). */
@@ -50,17 +55,36 @@ static inline float mel_position(const ControlSizes *c, float hz) {
     return pos < 0.0f ? 0.0f : pos > (float)(c->n_mels - 1) ? (float)(c->n_mels - 1) : pos;
 }
 
-int harmonic_controls(const ControlSizes *c, int batch, int frames, int count, const float *raw,
+/* bound * tanh(x) [frames], averaged over 5 frames (the ends repeated), into y; `bounded` is scratch
+ * [frames + 4]. Returns the sum of y. */
+static double smooth_bounded(const float *x, int frames, float bound, float *bounded, float *y) {
+    static const float smooth[5] = {1.0f / 9, 2.0f / 9, 3.0f / 9, 2.0f / 9, 1.0f / 9};
+    double total = 0.0;
+    for (int f = 0; f < frames + 4; f++) {
+        int at = f < 2 ? 0 : f - 2 >= frames ? frames - 1 : f - 2;
+        bounded[f] = bound * tanhf(x[at]);
+    }
+    for (int f = 0; f < frames; f++) {
+        float sum = 0.0f;
+        for (int t = 0; t < 5; t++) sum += smooth[t] * bounded[f + t];
+        y[f] = sum;
+        total += sum;
+    }
+    return total;
+}
+
+int harmonic_controls(const ControlSizes *c, int batch, int frames, int count, int pairs, const float *raw,
                       const float *logmel, const double *f0, const float *band_width, const int64_t *group_of,
                       float *amp, float *noise, float *dev) {
-    const int m = c->n_mels, g = c->groups, rows = g + m + count, out_frames = frames + 1;
-    static const float smooth[5] = {1.0f / 9, 2.0f / 9, 3.0f / 9, 2.0f / 9, 1.0f / 9};
-    float *bounded = malloc(sizeof(float) * ((size_t)frames + 4 + (size_t)g * frames)), *groups = bounded + frames + 4;
+    const int m = c->n_mels, g = c->groups, rows = g + m + count + (pairs ? g + pairs : 0), out_frames = frames + 1;
+    const int partials = count + pairs;         /* per frame of amp and dev */
+    float *bounded = malloc(sizeof(float) * ((size_t)frames + 4 + 2 * (size_t)g * frames));
     if (!bounded) return -1;
+    float *groups = bounded + frames + 4, *offsets = groups + (size_t)g * frames;
     for (int b = 0; b < batch; b++) {
         const float *r = raw + (size_t)b * rows * frames, *mel = logmel + (size_t)b * m * frames;
-        float *a = amp + (size_t)b * out_frames * count, *n = noise + (size_t)b * out_frames * m;
-        float *d = dev + (size_t)b * out_frames * count;
+        float *a = amp + (size_t)b * out_frames * partials, *n = noise + (size_t)b * out_frames * m;
+        float *d = dev + (size_t)b * out_frames * partials;
         const float hz0 = (float)f0[b];
         for (int k = 0; k < count; k++) {         /* each harmonic's level, read off the mel between two bands */
             float hz = hz0 * (float)(k + 1);
@@ -75,7 +99,7 @@ int harmonic_controls(const ControlSizes *c, int batch, int frames, int count, c
             const float *lo = mel + (size_t)low * frames, *hi = lo + frames, *corr = r + (size_t)(g + m + k) * frames;
             for (int f = 0; f < frames; f++) {
                 float level = (1.0f - frac) * lo[f] + frac * hi[f] + collect + corr[f];
-                a[(size_t)f * count + k] = expf(level < c->log_ceiling ? level : c->log_ceiling);
+                a[(size_t)f * partials + k] = expf(level < c->log_ceiling ? level : c->log_ceiling);
             }
         }
         for (int j = 0; j < m; j++) {             /* noise: the mel's level per band, corrected */
@@ -88,27 +112,34 @@ int harmonic_controls(const ControlSizes *c, int batch, int frames, int count, c
         /* deviations: bounded, averaged over 5 frames (the ends repeated), the fundamental's mean removed */
         double mean0 = 0.0;
         for (int q = 0; q < g; q++) {
-            const float *x = r + (size_t)q * frames;
-            float *y = groups + (size_t)q * frames;
-            for (int f = 0; f < frames + 4; f++) {
-                int at = f < 2 ? 0 : f - 2 >= frames ? frames - 1 : f - 2;
-                bounded[f] = c->max_deviation * tanhf(x[at]);
-            }
-            for (int f = 0; f < frames; f++) {
-                float sum = 0.0f;
-                for (int t = 0; t < 5; t++) sum += smooth[t] * bounded[f + t];
-                y[f] = sum;
-                if (q == 0) mean0 += sum;
-            }
+            double total = smooth_bounded(r + (size_t)q * frames, frames, c->max_deviation, bounded,
+                                          groups + (size_t)q * frames);
+            if (q == 0) mean0 = total;
         }
         float centre = (float)(mean0 / frames);
         for (int f = 0; f < frames; f++)
             for (int k = 0; k < count; k++)
-                d[(size_t)f * count + k] = groups[(size_t)group_of[k] * frames + f] - centre;
+                d[(size_t)f * partials + k] = groups[(size_t)group_of[k] * frames + f] - centre;
+        /* the second partials: the first's amplitude shared by cos and sin of theta, an offset per group */
+        const float *layer = r + (size_t)(g + m + count) * frames;
+        for (int q = 0; q < (pairs ? g : 0); q++)
+            smooth_bounded(layer + (size_t)q * frames, frames, c->max_layer_offset, bounded, offsets + (size_t)q * frames);
+        for (int k = 0; k < pairs; k++) {
+            const float *share = layer + (size_t)(g + k) * frames, *offset = offsets + (size_t)group_of[k] * frames;
+            const int audible = hz0 * (float)(k + 1) * (1.0f + c->max_deviation + c->max_layer_offset)
+                < 0.5f * (float)c->sample_rate;
+            for (int f = 0; f < frames; f++) {
+                float theta = 1.5707963267948966f * tanhf(share[f]), *first = a + (size_t)f * partials;
+                float level = first[k];
+                first[k] = level * cosf(theta);
+                first[count + k] = audible ? level * sinf(theta) : 0.0f;
+                d[(size_t)f * partials + count + k] = d[(size_t)f * partials + k] + offset[f];
+            }
+        }
         /* the controls of the last frame hold for the one after it */
-        memcpy(a + (size_t)frames * count, a + (size_t)(frames - 1) * count, sizeof(float) * count);
+        memcpy(a + (size_t)frames * partials, a + (size_t)(frames - 1) * partials, sizeof(float) * partials);
         memcpy(n + (size_t)frames * m, n + (size_t)(frames - 1) * m, sizeof(float) * m);
-        memcpy(d + (size_t)frames * count, d + (size_t)(frames - 1) * count, sizeof(float) * count);
+        memcpy(d + (size_t)frames * partials, d + (size_t)(frames - 1) * partials, sizeof(float) * partials);
     }
     free(bounded);
     return 0;
@@ -169,7 +200,8 @@ static void harmonics_of_frame(const SynthSizes *s, Harmonic *h, int count, int 
     }
 }
 
-int harmonic_spectra(const SynthSizes *s, int batch, int frames, int count, const double *f0, const float *amp,
+int harmonic_spectra(const SynthSizes *s, int batch, int frames, int count, const double *f0,
+                     const int64_t *numbers, const float *amp,
                      const float *dev, const float *noise_bands, const int64_t *noise_low, const float *noise_frac,
                      const float *noise_table, const float *kernel_rows, float *out) {
     const int w = s->taps, half = s->n_fft / 2 + 1, m = s->n_mels;
@@ -184,8 +216,8 @@ int harmonic_spectra(const SynthSizes *s, int batch, int frames, int count, cons
     for (int b = 0; b < batch; b++) {
         const float bins_per_hz = (float)f0[b] * (float)((double)s->n_fft / s->sample_rate);
         for (int k = 0; k < count; k++) {
-            double per_hop = f0[b] * (double)(k + 1) * s->hop / s->sample_rate;
-            h[k] = (Harmonic){0.0, (float)per_hop, (float)(per_hop - floor(per_hop)), bins_per_hz * (float)(k + 1)};
+            double per_hop = f0[b] * (double)numbers[k] * s->hop / s->sample_rate;
+            h[k] = (Harmonic){0.0, (float)per_hop, (float)(per_hop - floor(per_hop)), bins_per_hz * (float)numbers[k]};
         }
         for (int f = 0; f < frames; f++) {
             size_t at = ((size_t)b * frames + f) * count;

@@ -10,7 +10,14 @@ every frame:
 - a frequency deviation per group of harmonics (the fundamental, the 2nd, then octaves of
   harmonic numbers: 3-4, 5-8, ...), bounded by ``tanh`` to ``max_deviation`` and shifted so that
   the fundamental's averages to zero over the note: vibrato, beating and stretched partials,
-  while the note stays at its pitch.
+  while the note stays at its pitch;
+- optionally (``layered_harmonics`` ``P > 0``) a second partial for each of the first ``P``
+  harmonics, a signed offset per deviation group away from the first (bounded by
+  ``max_layer_offset``, smoothed like the deviations) and a share per harmonic and frame: the
+  pair sounds ``a cos(theta)`` and ``a sin(theta)``. A soundfont note made of two detuned layers
+  (FluidR3's strings: partials 10 to 20 cents apart) is two partials per harmonic, which one
+  sinusoid cannot be. With ``theta = 0`` (how a new layer head starts) the inverter is exactly
+  the one-partial inverter it was trained on from.
 
 Synthesis is in the frequency domain, frame by frame (the inverse of Rodet and Depalle's FFT
 analysis): each harmonic adds the window's transform, ``kernel_bins`` bins of it read from a
@@ -69,6 +76,8 @@ class HarmonicConfig:
     mel_offset: float = 0.0            # input normalisation: (log-mel - offset) / scale
     mel_scale: float = 1.0
     noise_seed: int = 0
+    layered_harmonics: int = 0         # harmonics 1..P get a second, detuned partial (0: none)
+    max_layer_offset: float = 0.015    # bound of the second partials' offset from the first (26 cents)
 
     def __post_init__(self):
         if self.n_fft & (self.n_fft - 1) or self.n_fft < 2 * self.hop_length:
@@ -80,6 +89,9 @@ class HarmonicConfig:
             raise ValueError("harmonic inverter needs 1 to 2048 harmonics and at least one deviation group")
         if not 0 <= self.max_deviation < 0.1:
             raise ValueError("harmonic inverter max_deviation must lie in [0, 0.1)")
+        if not 0 <= self.layered_harmonics <= self.max_harmonics or not 0 < self.max_layer_offset < 0.1:
+            raise ValueError("harmonic inverter layered_harmonics must lie in [0, max_harmonics] and "
+                             "max_layer_offset in (0, 0.1)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -104,7 +116,7 @@ class ControlSizes(ctypes.Structure):
     _fields_ = ([(name, ctypes.c_int) for name in ("n_mels", "groups", "sample_rate", "analysis_fft")]
                 + [(name, ctypes.c_float) for name in
                    ("mel_linear_hz", "mel_break_hz", "mel_break", "mel_log_step",
-                    "mel_lo", "mel_step", "max_deviation", "log_ceiling", "noise_offset")])
+                    "mel_lo", "mel_step", "max_deviation", "log_ceiling", "noise_offset", "max_layer_offset")])
 
 
 class SynthSizes(ctypes.Structure):
@@ -118,8 +130,8 @@ class SynthSizes(ctypes.Structure):
 def _native() -> ctypes.CDLL:
     p, i = ctypes.c_void_p, ctypes.c_int
     return load_library("waeserver.sound._harmonic", "harmonic inverter's C synthesis",
-                        [("harmonic_controls", i, [p, i, i, i] + [p] * 8),
-                         ("harmonic_spectra", i, [p, i, i, i] + [p] * 9)])
+                        [("harmonic_controls", i, [p, i, i, i, i] + [p] * 8),
+                         ("harmonic_spectra", i, [p, i, i, i] + [p] * 10)])
 
 
 class HarmonicInverter(nn.Module):
@@ -128,6 +140,7 @@ class HarmonicInverter(nn.Module):
     OVERSAMPLE = 64                    # kernel table points per bin (linear interpolation in between)
     LOG_CEILING = 2.0                  # far above any real note's log-amplitude: only guards overflow
     NOISE_FRAMES = 256                 # the fixed noise table repeats after this many frames
+    LAYER_OFFSET_START = 0.006         # second partials start 10 cents above the first
 
     def __init__(self, cfg: HarmonicConfig):
         super().__init__()
@@ -144,6 +157,15 @@ class HarmonicInverter(nn.Module):
             self.out.weight.mul_(0.1)
             self.out.weight[:cfg.deviation_groups].zero_()
             self.out.bias.zero_()
+        if cfg.layered_harmonics:
+            # the second partials: offsets per group, then one share per harmonic. Shares start at
+            # 0 (exactly the one-partial inverter), offsets at 10 cents up, so that a share has a
+            # gradient from the first step
+            self.layer_out = nn.Conv1d(cfg.hidden, cfg.deviation_groups + cfg.layered_harmonics, 1)
+            with torch.no_grad():
+                self.layer_out.weight.zero_()
+                self.layer_out.bias.zero_()
+                self.layer_out.bias[:cfg.deviation_groups] = math.atanh(self.LAYER_OFFSET_START / cfg.max_layer_offset)
         # deviations move slowly: a triangular average over 5 frames (58 ms; vibrato is 5 to 7 Hz).
         # A deviation that jumps from frame to frame puts overlapping frames out of phase
         self.register_buffer("smooth", torch.tensor([1.0, 2.0, 3.0, 2.0, 1.0]) / 9, persistent=False)
@@ -187,6 +209,15 @@ class HarmonicInverter(nn.Module):
         top = cfg.sample_rate / 2 / (1 + cfg.max_deviation)
         return max(1, min(cfg.max_harmonics, int(top // float(f0.min().clamp(min=1.0)))))
 
+    def pairs(self, count: int) -> int:
+        """Harmonics with a second partial among the first ``count``."""
+        return min(self.cfg.layered_harmonics, count)
+
+    def numbers(self, count: int) -> torch.Tensor:
+        """The harmonic number of each partial ``[count + pairs]``: ``1..count``, then the layered ``1..pairs``."""
+        device = self.group_of.device
+        return torch.cat([torch.arange(1, n + 1, device=device) for n in (count, self.pairs(count))])
+
     def mel_position(self, hz: torch.Tensor) -> torch.Tensor:
         """Fractional mel-band index of frequencies in Hz (band ``j`` centred on edge ``j + 1``)."""
         brk = MEL_BREAK_HZ
@@ -194,26 +225,40 @@ class HarmonicInverter(nn.Module):
         return ((mel - self.mel_lo) / self.mel_step - 1).clamp(0, self.cfg.n_mels - 1)
 
     def network(self, logmel: torch.Tensor, f0: torch.Tensor, count: int) -> torch.Tensor:
-        """The network's output rows ``[B, G + M + K, F]`` for ``K = count``: deviations, noise
-        corrections, harmonic corrections (a note needs only its first rows)."""
+        """The network's output rows ``[B, G + M + K (+ G + P), F]`` for ``K = count``: deviations,
+        noise corrections, harmonic corrections (a note needs only its first rows), then with
+        layered harmonics the second partials' offsets and shares (``P = pairs(count)``)."""
         cfg = self.cfg
         batch, n_mels, frames = logmel.shape
         normed = (logmel - cfg.mel_offset) / cfg.mel_scale
         pitch = octaves_from_a4(f0.to(logmel.dtype))[:, None, None].expand(batch, 1, frames)
         hidden = self.net(torch.cat([normed, pitch], dim=1))
         rows = cfg.deviation_groups + n_mels + count
-        return F.conv1d(hidden, self.out.weight[:rows], self.out.bias[:rows])
+        raw = F.conv1d(hidden, self.out.weight[:rows], self.out.bias[:rows])
+        pairs = self.pairs(count)
+        if not pairs:
+            return raw
+        rows = cfg.deviation_groups + pairs
+        return torch.cat([raw, F.conv1d(hidden, self.layer_out.weight[:rows], self.layer_out.bias[:rows])], dim=1)
+
+    def smoothed(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, F, G]`` averaged over 5 frames along F (the ends repeated)."""
+        batch, frames, g = x.shape
+        y = F.conv1d(F.pad(x.transpose(1, 2).reshape(batch * g, 1, frames), (2, 2), mode="replicate"),
+                     self.smooth.view(1, 1, 5))
+        return y.view(batch, g, frames).transpose(1, 2)
 
     def controls(self, logmel: torch.Tensor, f0: torch.Tensor, count: int
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per frame: harmonic amplitudes ``[B, F, K]`` (0 above Nyquist), noise band magnitudes
-        ``[B, F, M]`` and relative frequency deviations ``[B, F, K]``, for ``K = count``."""
+        """Per frame: partial amplitudes ``[B, F, K + P]`` (0 above Nyquist), noise band magnitudes
+        ``[B, F, M]`` and relative frequency deviations ``[B, F, K + P]``, for ``K = count`` harmonics
+        and their ``P = pairs(count)`` second partials (see :meth:`numbers`)."""
         cfg = self.cfg
         batch, n_mels, frames = logmel.shape
         g = cfg.deviation_groups
         f0 = f0.to(logmel.dtype)
         out = self.network(logmel, f0, count).transpose(1, 2)                           # [B,F,rows]
-        raw_dev, noise_corr, harm_corr = out[..., :g], out[..., g:g + n_mels], out[..., g + n_mels:]
+        raw_dev, noise_corr, harm_corr = out[..., :g], out[..., g:g + n_mels], out[..., g + n_mels:g + n_mels + count]
 
         # each harmonic's level read off the mel between the two bands around it
         numbers = torch.arange(1, count + 1, device=logmel.device, dtype=logmel.dtype)
@@ -236,20 +281,29 @@ class HarmonicInverter(nn.Module):
 
         noise = torch.exp((seq + self.noise_offset + noise_corr).clamp(max=self.LOG_CEILING))
 
-        dev = cfg.max_deviation * torch.tanh(raw_dev)                                  # [B,F,G]
-        g_dev = dev.transpose(1, 2).reshape(batch * g, 1, frames)
-        dev = F.conv1d(F.pad(g_dev, (2, 2), mode="replicate"), self.smooth.view(1, 1, 5))
-        dev = dev.view(batch, g, frames).transpose(1, 2)
+        dev = self.smoothed(cfg.max_deviation * torch.tanh(raw_dev))                   # [B,F,G]
         dev = dev - dev[..., :1].mean(dim=1, keepdim=True)   # the fundamental averages to its pitch
-        return amp, noise, dev[..., self.group_of[:count]]
+        dev = dev[..., self.group_of[:count]]
+        pairs = self.pairs(count)
+        if not pairs:
+            return amp, noise, dev
+        layer = out[..., g + n_mels + count:]
+        offset = self.smoothed(cfg.max_layer_offset * torch.tanh(layer[..., :g]))[..., self.group_of[:pairs]]
+        theta = (math.pi / 2) * torch.tanh(layer[..., g:])                              # [B,F,P]
+        first = amp[..., :pairs]
+        audible = hz[:, :pairs] * (1 + cfg.max_deviation + cfg.max_layer_offset) < cfg.sample_rate / 2
+        second = torch.where(audible[:, None], first * torch.sin(theta), torch.zeros_like(first))
+        return (torch.cat([first * torch.cos(theta), amp[..., pairs:], second], dim=-1), noise,
+                torch.cat([dev, dev[..., :pairs] + offset], dim=-1))
 
     def spectra(self, amp: torch.Tensor, noise_bands: torch.Tensor, dev: torch.Tensor,
-                f0: torch.Tensor) -> torch.Tensor:
-        """One-sided spectra ``[B, F, n_fft/2 + 1]`` of the windowed frames."""
+                f0: torch.Tensor, numbers: torch.Tensor | None = None) -> torch.Tensor:
+        """One-sided spectra ``[B, F, n_fft/2 + 1]`` of the windowed frames; partial ``j`` of ``amp``
+        and ``dev`` is harmonic ``numbers[j]`` (default ``1..``)."""
         cfg = self.cfg
         batch, frames, count = amp.shape
         n, w, half = cfg.n_fft, cfg.kernel_bins, cfg.n_fft // 2 + 1
-        numbers = torch.arange(1, count + 1, device=amp.device, dtype=torch.float64)
+        numbers = (torch.arange(1, count + 1, device=amp.device) if numbers is None else numbers).to(torch.float64)
         # cycles per hop of each harmonic, wrapped in float64: frac(a * i) = frac(frac(a) * i), so
         # the nominal phase at every frame's centre stays exact in float32
         per_hop = f0.to(torch.float64)[:, None] * numbers * cfg.hop_length / cfg.sample_rate  # [B,K]
@@ -270,7 +324,8 @@ class HarmonicInverter(nn.Module):
                           (position - row)[..., None])                                  # [B,F,K,w]
         # sines at t = 0; the (-1)^low as half a cycle (polar's gradient wants a non-negative length)
         cycles = nominal + drift + 0.5 * torch.remainder(low + (w // 2 - 1), 2) - 0.25
-        value = torch.polar(amp, 2 * math.pi * cycles)                                     # [B,F,K]
+        # amp times a unit phasor, not polar(amp, ...), whose gradient is 0 where amp is (a new second partial)
+        value = amp * torch.polar(torch.ones_like(amp), 2 * math.pi * cycles)              # [B,F,K]
         # bins -w .. n/2 + w, kept apart from the wrap-around of negative frequencies
         start = (low - (w // 2 - 1) + w).clamp(0, half + w - 1).long()
         where = (start[..., None] + torch.arange(w, device=amp.device)).view(batch, frames, -1)
@@ -293,30 +348,33 @@ class HarmonicInverter(nn.Module):
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`controls` after the network computed in C (``_harmonic.c``; CPU float32, no
         gradients), with the last frame's controls held for one frame more, as :meth:`forward` wants
-        them: ``[B, F + 1, K]``, ``[B, F + 1, M]``, ``[B, F + 1, K]``."""
+        them: ``[B, F + 1, K + P]``, ``[B, F + 1, M]``, ``[B, F + 1, K + P]``."""
         cfg = self.cfg
         batch, n_mels, frames = logmel.shape
         raw = self.network(logmel, f0, count).contiguous()
         sizes = ControlSizes(n_mels, cfg.deviation_groups, cfg.sample_rate, cfg.analysis_fft, MEL_LINEAR_HZ,
                              MEL_BREAK_HZ, MEL_BREAK, MEL_LOG_STEP, self.mel_lo, self.mel_step, cfg.max_deviation,
-                             self.LOG_CEILING, self.noise_offset)
-        amp, dev = torch.empty(batch, frames + 1, count), torch.empty(batch, frames + 1, count)
+                             self.LOG_CEILING, self.noise_offset, cfg.max_layer_offset)
+        pairs = self.pairs(count)
+        amp, dev = torch.empty(batch, frames + 1, count + pairs), torch.empty(batch, frames + 1, count + pairs)
         noise = torch.empty(batch, frames + 1, n_mels)
         inputs = [raw, logmel.contiguous(), f0.to(torch.float64).contiguous(), self.band_width, self.group_of]
-        if _native().harmonic_controls(ctypes.byref(sizes), batch, frames, count,
+        if _native().harmonic_controls(ctypes.byref(sizes), batch, frames, count, pairs,
                                        *[t.data_ptr() for t in inputs + [amp, noise, dev]]):
             raise MemoryError("harmonic inverter: no memory for a note's deviations")
         return amp, noise, dev
 
     def spectra_native(self, amp: torch.Tensor, noise_bands: torch.Tensor, dev: torch.Tensor,
-                       f0: torch.Tensor) -> torch.Tensor:
+                       f0: torch.Tensor, numbers: torch.Tensor | None = None) -> torch.Tensor:
         """:meth:`spectra` computed in C (``_harmonic.c``): CPU float32, no gradients."""
         cfg = self.cfg
         batch, frames, count = amp.shape
         half = cfg.n_fft // 2 + 1
         sizes = SynthSizes(cfg.n_fft, cfg.hop_length, cfg.sample_rate, cfg.kernel_bins, self.OVERSAMPLE,
                            cfg.n_mels, self.NOISE_FRAMES)
-        inputs = [f0.to(torch.float64).contiguous(), amp.contiguous(), dev.contiguous(), noise_bands.contiguous(),
+        numbers = torch.arange(1, count + 1) if numbers is None else numbers
+        inputs = [f0.to(torch.float64).contiguous(), numbers.to(torch.int64).contiguous(), amp.contiguous(),
+                  dev.contiguous(), noise_bands.contiguous(),
                   self.noise_low.contiguous(), self.noise_frac, torch.view_as_real(self.noise), self.kernel_rows]
         out = torch.empty(batch, frames, half, 2)
         if _native().harmonic_spectra(ctypes.byref(sizes), batch, frames, count,
@@ -354,11 +412,31 @@ class HarmonicInverter(nn.Module):
             self._envelope = out[parts // 2:parts // 2 + frames].reshape(-1)
         return self._envelope
 
-    def forward(self, logmel: torch.Tensor, f0: torch.Tensor) -> torch.Tensor:
+    def prepare(self, logmel: torch.Tensor, f0: torch.Tensor) -> tuple:
+        """Everything :meth:`waveform` needs for the notes of ``logmel [B, M, F]``: the controls of
+        every frame (the last held for one more), ``f0`` and the partials' harmonic numbers."""
         count = self.count(f0)
-        if self.native and not torch.is_grad_enabled() and logmel.device.type == "cpu" \
-                and logmel.dtype == torch.float32:
-            return self.overlap_add(self.spectra_native(*self.controls_native(logmel, f0, count), f0))
+        numbers = self.numbers(count)
+        if self.uses_c(logmel):
+            return (*self.controls_native(logmel, f0, count), f0, numbers)
         # the controls of the last frame hold for the one after it
-        amp, noise, dev = (torch.cat([c, c[:, -1:]], dim=1) for c in self.controls(logmel, f0, count))
-        return self.overlap_add(self.spectra(amp, noise, dev, f0))
+        return (*(torch.cat([c, c[:, -1:]], dim=1) for c in self.controls(logmel, f0, count)), f0, numbers)
+
+    def uses_c(self, x: torch.Tensor) -> bool:
+        """Whether the controls and the spectra of ``x`` are computed in C: at inference on the CPU in float32."""
+        return self.native and not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
+
+    def waveform(self, prepared: tuple, frames: int | None = None) -> torch.Tensor:
+        """The waveform ``[B, frames * hop]`` of :meth:`prepare`'s notes: the whole notes, or only
+        their first ``frames`` hops, which are exactly the whole notes' first samples (only the
+        frames that overlap them are synthesized): a note can be handed over in two parts."""
+        amp, noise, dev, f0, numbers = prepared
+        whole = amp.shape[1] - 1
+        rows = whole + 1 if frames is None or frames >= whole else frames + self.cfg.n_fft // self.cfg.hop_length // 2
+        amp, noise, dev = amp[:, :rows], noise[:, :rows], dev[:, :rows]
+        spectra = self.spectra_native if self.uses_c(amp) else self.spectra
+        wave = self.overlap_add(spectra(amp, noise, dev, f0, numbers))
+        return wave if rows == whole + 1 else wave[:, :frames * self.cfg.hop_length]
+
+    def forward(self, logmel: torch.Tensor, f0: torch.Tensor) -> torch.Tensor:
+        return self.waveform(self.prepare(logmel, f0))
