@@ -12,8 +12,7 @@
  * Shapes: raw [B, G + M + K (+ G + P), F] (the network's output rows: deviations, noise,
  * harmonics, then the second partials' offsets and shares); logmel [B, M, F]; f0 [B] (float64,
  * Hz); band_width [M]; group_of [K] (int64); amp, dev [B, F + 1, K + P] and noise [B, F + 1, M],
- * written whole. Returns 0, or -1 without memory for its
- * scratch rows (nothing written then).
+ * written whole. Returns 0, or -1 without memory for its scratch rows (nothing written then).
  *
  * It computes what HarmonicInverter.spectra computes with torch (waeserver/sound/harmonic.py,
  * the reference, which also gives the gradients for training), in the same order of operations
