@@ -1,5 +1,7 @@
 """What a priority render costs, stage by stage: the decoder, the inverter, resampling to the output
-rate, shaping (levels, loop, fades), and the round trip through the render process.
+rate, shaping (levels, loop, fades), and the round trip through the render process; and how long
+a waiting note waits when the render process hands the notes over in two parts (the first
+``HEAD_S`` as soon as it is made: ``first_part``; the whole notes after: ``two_parts``).
 
 A note after a control change waits for the layers it blends (one or two of the bundle's three);
 this measures one pitch with 1, 2 and 3 layers, one torch thread, on the CPU unless ``--device``
@@ -77,11 +79,23 @@ def main() -> None:
             together, _ = timed(lambda: synthesize_notes(bundle, [args.pitch], velocities, styles, z, RATE,
                                                          [layers], [lv]), args.repeats)
             process, _ = timed(lambda: worker.render([args.pitch], styles, z, [layers], [lv]), args.repeats)
+            first: list[float] = []
+
+            def in_two():
+                t0 = time.perf_counter()
+                worker.render([args.pitch], styles, z, [layers], [lv],
+                              on_heads=lambda *_: first.append((time.perf_counter() - t0) * 1000.0))
+
+            both, _ = timed(in_two, args.repeats)
+            first = first[1:]   # timed() runs it once untimed
             row = {"decoder": decoder, "inverter": inverter, "resample": resample, "shaping": shaping,
-                   "in_process": together, "render_process": process}
+                   "in_process": together, "render_process": process,
+                   "first_part": {"p50": round(float(np.percentile(first, 50)), 2),
+                                  "p99": round(float(np.percentile(first, 99)), 2)} if first else None,
+                   "two_parts": both}
             report["layers"][n] = row
             print(f"{n} layer{'s' if n > 1 else ' '}: " + ", ".join(f"{k} {v['p50']} / {v['p99']} ms"
-                                                           for k, v in row.items()))
+                                                           for k, v in row.items() if v))
     finally:
         worker.close()
     if args.json:

@@ -18,7 +18,9 @@
  *   requests (audio -> renderer): pitches to render now, per-note draws used up.
  * A render is a float array owned by Python; its slot holds a pointer, a length and a loop start,
  * and a reference count (the pitch table and each voice using it). When the count drops to zero
- * the slot is handed back through the events ring, and only then may Python free the array. Each
+ * the slot is handed back through the events ring, and only then may Python free the array. A
+ * render handed over in two parts (a priority render's head, then the rest written after it in the
+ * same array) grows in place: C_EXTEND gives its slot the whole length and loop. Each
  * pitch has one render per velocity layer; a voice blends the two layers around its velocity
  * (their timbre: its level is the velocity curve's gain).
  *
@@ -66,7 +68,7 @@
 
 enum { FREE, PENDING, PLAYING, RELEASED, FADING };
 enum { C_NOTE_ON = 1, C_NOTE_OFF, C_SUSTAIN, C_BEND, C_PANIC, C_ALL_OFF, C_SYNC, C_PUBLISH, C_CLEAR, C_MIDI, C_LAYERS,
-       C_RECORD, C_GAIN, C_RELEASE, C_BEND_RANGE, C_TIMBRE };
+       C_RECORD, C_GAIN, C_RELEASE, C_BEND_RANGE, C_TIMBRE, C_EXTEND };
 enum { GAIN, RELEASE, BEND_RANGE };   /* the controls of Params.control */
 enum { E_GO = 1, E_END, E_SYNCED, E_FREED, E_CONTROL };
 enum { R_RENDER = 1, R_TAKEN };
@@ -712,6 +714,12 @@ static void apply(Pool *p, const Command *c, int at) {
     case C_SYNC: emit(p, E_SYNCED, c->a, 0, 0); break;
     case C_PUBLISH: publish(p, c->a, c->b, c->c, c->d & 1, c->d >> 1, c); break;   /* d: last | generation << 1 */
     case C_LAYERS: set_layers(p, c->a); break;
+    case C_EXTEND:   /* slot a, still holding the array at x, is now y frames long, looping from f */
+        if (c->a >= 0 && c->a < MAX_SLOTS && p->slots[c->a].refs > 0 && p->slots[c->a].wave == (const float *)(intptr_t)c->x) {
+            p->slots[c->a].length = c->y;
+            p->slots[c->a].loop = (int64_t)c->f;
+        }
+        break;
     case C_GAIN: set_control(p, GAIN, c->f, at); break;
     case C_RELEASE: set_control(p, RELEASE, c->f, at); break;
     case C_BEND_RANGE: set_control(p, BEND_RANGE, c->f, at); break;

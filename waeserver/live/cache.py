@@ -239,6 +239,19 @@ class RenderCache:
             self.used[rows] = False
             self.fresh[rows] = self._fresh_bits(self._close(rows)) if self.target is not None else 0
 
+    def extend(self, pitch: int, layers: tuple[int, ...], heads: tuple[Note, ...], wholes: tuple[Note, ...]) -> None:
+        """Renders of ``pitch``'s ``layers`` published as their first parts (``heads``) are now
+        ``wholes``, the same arrays grown (a priority render in two parts): voices playing a head go
+        on into the whole note, and the cache holds it, unless a newer render replaced it meanwhile."""
+        with self.lock:
+            held = list(self.notes[pitch] or (None,) * len(self.velocities))
+            for layer, head, whole in zip(layers, heads, wholes):
+                if held[layer] is head:
+                    held[layer] = whole
+                if self.pool is not None:
+                    self.pool.extend(head, whole)
+            self.notes[pitch] = tuple(held)
+
     def has_requests(self) -> bool:
         return self.pool is not None and self.pool.has_requests()
 

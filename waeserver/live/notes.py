@@ -4,14 +4,19 @@ where it holds steady, and a pitch's velocity layers levelled to one loudness.
 Each render gets a 1 ms fade-in and a 10 ms fade-out, so voices can start and end on it without a
 click; a note that sustains gets a loop instead of its end (see :func:`shape_note`,
 :func:`shape_layers`). :func:`synthesize_notes` is the one call from a bundle to such notes, used by
-the render process and by the renderer when it runs the model itself.
+the render process and by the renderer when it runs the model itself; :func:`synthesize_in_two`
+hands a priority render's notes over in two parts, their first ``HEAD_S`` as soon as they are
+ready and the rest after (the voices start on the first part while the rest is made).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
+from waeserver.dsp.pitch import midi_to_f0
 from waeserver.dsp.resample import to_rate
 from waeserver.live.cache import Note
 from waeserver.live.controls import MIDI_MAX
@@ -26,6 +31,8 @@ LOOP_S = (0.35, 0.75)  # inside the held part of every preset's notes (0.8 s and
 LOOP_XFADE_S = 0.08    # the loop's end is crossfaded into the frames before its start
 STEADY = (0.8, 1.7)  # a note loops when its level at the loop's end over its level at the start is in here
 LEVEL_S = 0.1        # the stretch over which those levels are measured
+HEAD_S = 0.2         # a note's first part handed over ahead of the rest (synthesize_in_two)
+HEAD_MARGIN = 1024   # model samples past the head synthesized and resampled with it, not handed over
 
 
 def layer_velocities(bundle) -> tuple[int, ...]:
@@ -92,9 +99,13 @@ def shape_note(wave: np.ndarray, rate: int, loop: bool | None = None) -> Note:
         n_out = min(len(note), fade_out)
         note[len(note) - n_out:] *= np.linspace(1.0, 0.0, n_out, dtype=np.float32)
         loop_at = -1
+    return Note(_fade_in(note, rate), loop_at)
+
+
+def _fade_in(note: np.ndarray, rate: int) -> np.ndarray:
     n_in = min(len(note), max(1, int(FADE_IN_S * rate)))
     note[:n_in] *= np.linspace(0.0, 1.0, n_in + 1, dtype=np.float32)[1:]
-    return Note(note, loop_at)
+    return note
 
 
 Levels = tuple[tuple[float, ...], bool]   # a pitch's layer gains and whether its layers loop
@@ -122,6 +133,29 @@ def shape_layers(waves: np.ndarray, rate: int, levels: Levels | None = None) -> 
     return tuple(shape_note(w * np.float32(g), rate, loop) for w, g in zip(waves, gains)), levels
 
 
+def head_length(rate: int) -> int:
+    """Samples at ``rate`` of a note's first part (see :func:`synthesize_in_two`)."""
+    return int(HEAD_S * rate)
+
+
+def _decode(bundle, pitches, velocities, styles, zs, layers):
+    """The log-mels ``[N, M, F]`` and f0 ``[N]`` of every layer of ``pitches`` asked for, and how many
+    layers each pitch has."""
+    dev = bundle.device
+    counts = [len(ls) for ls in layers]
+    rows = lambda a: torch.from_numpy(np.repeat(a, counts, axis=0)).to(dev)  # noqa: E731  (each layer of a pitch)
+    vel = [velocities[layer] for ls in layers for layer in ls]
+    pitch = rows(np.asarray(pitches, np.int64))
+    velocity = torch.tensor(vel, dtype=torch.float32, device=dev).div(MIDI_MAX)
+    mel = bundle.decode_mel(pitch, velocity, rows(styles), rows(zs))
+    return mel, midi_to_f0(pitch), counts
+
+
+def _per_pitch(items, counts):
+    starts = np.cumsum([0] + counts)
+    return [items[a:b] for a, b in zip(starts[:-1], starts[1:])]
+
+
 @torch.inference_mode()
 def synthesize_notes(bundle, pitches: list[int], velocities, styles: np.ndarray, zs: np.ndarray,
                      rate: int, layers=None, levels=None) -> list[tuple[tuple[Note, ...], Levels]]:
@@ -129,14 +163,38 @@ def synthesize_notes(bundle, pitches: list[int], velocities, styles: np.ndarray,
     ``velocities`` for each pitch (one batch): ``styles [B,S]``, ``zs [B,D]``; with ``layers``, only
     the layers (indices into ``velocities``) given for each pitch, levelled by its ``levels`` (see
     :func:`shape_layers`; None for a pitch rendered whole). Each pitch's notes and levels."""
-    dev = bundle.device
     layers = [tuple(range(len(velocities)))] * len(pitches) if layers is None else [tuple(ls) for ls in layers]
     levels = [None] * len(pitches) if levels is None else levels
-    counts = [len(ls) for ls in layers]
-    rows = lambda a: torch.from_numpy(np.repeat(a, counts, axis=0)).to(dev)  # noqa: E731  (each layer of a pitch)
-    vel = [velocities[layer] for ls in layers for layer in ls]
-    wave = bundle.synthesize(rows(np.asarray(pitches, np.int64)),
-                             torch.tensor(vel, dtype=torch.float32, device=dev).div(MIDI_MAX), rows(styles), rows(zs))
-    wave = to_rate(wave.float().cpu().numpy(), bundle.sample_rate, rate)
-    starts = np.cumsum([0] + counts)
-    return [shape_layers(wave[a:b], rate, lv) for a, b, lv in zip(starts[:-1], starts[1:], levels)]
+    mel, f0, counts = _decode(bundle, pitches, velocities, styles, zs, layers)
+    wave = to_rate(bundle.inverter(mel, f0).float().cpu().numpy(), bundle.sample_rate, rate)
+    return [shape_layers(w, rate, lv) for w, lv in zip(_per_pitch(wave, counts), levels)]
+
+
+@torch.inference_mode()
+def synthesize_in_two(bundle, pitches: list[int], velocities, styles: np.ndarray, zs: np.ndarray, rate: int,
+                      layers, levels) -> tuple[list[tuple[np.ndarray, ...]] | None, Callable[[], list]]:
+    """:func:`synthesize_notes` in two parts: the first :func:`head_length` samples of every note
+    (``[head_length]`` arrays, per pitch a tuple of its layers'), then a call that makes the whole
+    notes, :func:`synthesize_notes`' answer, which begin with those samples (to within the
+    resampler's rounding and its truncation of the first part, ``HEAD_MARGIN`` model samples past
+    its end: -80 dB of the note's peak). The first part is None, and the call makes everything,
+    unless the inverter makes a note's first frames alone (the harmonic inverter) and every pitch
+    has its ``levels`` (the gains of the first part)."""
+    layers = [tuple(ls) for ls in layers]
+    inverter = bundle.inverter
+    if not hasattr(inverter, "prepare") or any(lv is None for lv in levels):
+        return None, lambda: synthesize_notes(bundle, pitches, velocities, styles, zs, rate, layers, levels)
+    mel, f0, counts = _decode(bundle, pitches, velocities, styles, zs, layers)
+    prepared = inverter.prepare(mel, f0)
+    frames = -(-(head_length(bundle.sample_rate) + HEAD_MARGIN) // inverter.cfg.hop_length)
+    head = to_rate(inverter.waveform(prepared, frames).float().cpu().numpy(), bundle.sample_rate, rate)
+    n = head_length(rate)
+    heads = [tuple(_fade_in(w[:n] * np.float32(g), rate) for w, g in zip(waves, lv[0]))
+             for waves, lv in zip(_per_pitch(head, counts), levels)]
+
+    def rest() -> list[tuple[tuple[Note, ...], Levels]]:
+        with torch.inference_mode():
+            wave = to_rate(inverter.waveform(prepared).float().cpu().numpy(), bundle.sample_rate, rate)
+        return [shape_layers(w, rate, lv) for w, lv in zip(_per_pitch(wave, counts), levels)]
+
+    return heads, rest

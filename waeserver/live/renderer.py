@@ -19,7 +19,11 @@ model then runs in this process (see :class:`Renderer`).
 
 With a second render process for priority renders (``serve``'s default, ``priority_process``), a
 thread of its own serves the note-on requests through it, so that a note never queues behind the
-refill batch in progress; the refill thread then leaves requests alone. That process is not
+refill batch in progress; the refill thread then leaves requests alone. That process hands each
+note over in two parts where it can (waeserver.live.notes.synthesize_in_two): its first
+``HEAD_S`` is published as soon as it is made, in an array with room for the whole note, so the
+waiting voices start on it; the rest is written after it in the same array and the render grows in
+place (:meth:`RenderCache.extend`), long before a voice reaches the end of the first part. That process is not
 replaced when it dies: the refill thread takes the requests back.
 
 :meth:`Renderer.load_model` loads, warms and fills a new bundle beside the running one and swaps
@@ -113,13 +117,15 @@ class Renderer:
         self.cache.set_target(*self.target())
 
     # --- rendering ---------------------------------------------------------------------------
-    def render(self, pitches: list[int], layers=None, own_process: bool = False
+    def render(self, pitches: list[int], layers=None, own_process: bool = False, on_heads=None
                ) -> tuple[list[tuple[Note, ...]], tuple, list, list]:
         """Render ``pitches`` for the current target (with ``layers``, a tuple of layer indices for each
         pitch, only those: levelled as the pitch's last whole render, else whole): their layers'
         notes at ``rate``, the target's key, the layers rendered and the levels of the whole ones. The
         target is the cache's (the one its generation was given for), else the state's. With
-        ``own_process``, through the priority renders' process (:class:`WorkerDied` if it is gone)."""
+        ``own_process``, through the priority renders' process (:class:`WorkerDied` if it is gone),
+        and there with ``on_heads``, which hears ``(pitches, key, layers, heads)`` for the notes' first
+        parts as soon as they are made (see :meth:`RenderWorker.render`)."""
         target = self.cache.target_now()
         styles, z, per_note, generation = (*self.target(), None) if target is None else target
         b = len(pitches)
@@ -137,8 +143,11 @@ class Renderer:
         worker = self.priority_worker if own_process else self.worker
         done = None
         if worker is not None:
+            layers_of = dict(zip(pitches, layers))
+            heads = None if on_heads is None or not own_process else \
+                (lambda chunk, parts: on_heads(chunk, key, [layers_of[p] for p in chunk], parts))
             try:
-                done = worker.render(pitches, rows, zs, layers, known)
+                done = worker.render(pitches, rows, zs, layers, known, heads)
             except WorkerDied as exc:
                 if own_process:
                     raise
@@ -228,15 +237,44 @@ class Renderer:
         through the priority renders' process)."""
         t0 = time.perf_counter()
         pitches, layers = list(pitches), self._layers(pitches)
-        notes, key, layers, levels = self.render(pitches, layers, own_process)
-        self.cache.publish(pitches, notes, key, layers, levels)
-        ms = (time.perf_counter() - t0) * 1000.0
+        heads: dict[int, tuple[Note, ...]] = {}
+        head_ms = None
+
+        def publish_heads(chunk, key, chunk_layers, parts):
+            nonlocal head_ms
+            notes = [tuple(self._head_note(part) for part in each) for each in parts]
+            self.cache.publish(chunk, notes, key, chunk_layers)
+            heads.update(zip(chunk, notes))
+            head_ms = (time.perf_counter() - t0) * 1000.0   # what a waiting note waits for
+
+        notes, key, layers, levels = self.render(pitches, layers, own_process, publish_heads)
+        rest = [i for i, p in enumerate(pitches) if p not in heads]
+        self.cache.publish([pitches[i] for i in rest], [notes[i] for i in rest], key, [layers[i] for i in rest],
+                           [levels[i] for i in rest])
+        for p, ls, whole in zip(pitches, layers, notes):
+            if p in heads:
+                self.cache.extend(p, ls, heads[p], tuple(self._grown(h, w) for h, w in zip(heads[p], whole)))
+        ms = (time.perf_counter() - t0) * 1000.0 if head_ms is None else head_ms
         if priority:
             self.render_ms.append(ms)
             self.cache.expected_ms = ms if self.cache.expected_ms > 1e8 else 0.8 * self.cache.expected_ms + 0.2 * ms
         else:
             per_pitch = ms / len(pitches)
             self.pitch_ms = per_pitch if self.pitch_ms is None else 0.8 * self.pitch_ms + 0.2 * per_pitch
+
+    def _head_note(self, head: np.ndarray) -> Note:
+        """A note's first part, in an array with room for the whole note, which :meth:`_grown` fills."""
+        room = np.empty(max(self.priority_worker.cols, len(head)), np.float32)
+        room[:len(head)] = head
+        return Note(room[:len(head)])
+
+    @staticmethod
+    def _grown(head: Note, whole: Note) -> Note:
+        """``whole``, a note that begins as ``head``, in ``head``'s array: its samples after the first part."""
+        n, room = len(head.wave), head.wave.base
+        length = min(len(whole.wave), len(room))
+        room[n:length] = whole.wave[n:length]
+        return Note(room[:length], whole.loop)
 
     def _layers(self, pitches) -> list[tuple[int, ...]] | None:
         if not isinstance(pitches, dict):

@@ -56,7 +56,7 @@ TIMED_PERIODS = 4096
 
 FREE, PENDING, PLAYING, RELEASED, FADING = range(5)
 (NOTE_ON, NOTE_OFF, SUSTAIN, BEND, PANIC, ALL_OFF, SYNC, PUBLISH, CLEAR, MIDI, LAYERS, RECORD, GAIN, RELEASE,
- BEND_RANGE, TIMBRE) = range(1, 17)
+ BEND_RANGE, TIMBRE, EXTEND) = range(1, 18)
 CONTROLS = {"gain": GAIN, "release": RELEASE, "bend_range": BEND_RANGE}   # the pool's own controls: their commands
 GAIN_RAMP_S = 0.001   # a master gain change ramps over this long from its frame (as in _voices.c)
 E_GO, E_END, E_SYNCED, E_FREED, E_CONTROL = range(1, 6)
@@ -459,6 +459,23 @@ class VoicePool:
                     del self._notes[slot]
                     self._free.append(slot)
                     return False
+            return True
+
+    def extend(self, head, whole) -> bool:
+        """Let the voices play on into ``whole``, a :class:`~waeserver.live.cache.Note` over the same
+        array as ``head``, a published render's first part (a priority render's head): its slot takes
+        the whole length and loop from the next period, so a voice playing it goes on seamlessly.
+        False when no slot holds ``head`` any more (every voice let it go) or the queue is full."""
+        if head.wave.ctypes.data != whole.wave.ctypes.data:
+            raise ValueError("a render grows only in its own array")
+        with self._lock:
+            slot = next((s for s, note in self._notes.items() if note is head), None)
+            if slot is None:
+                return False
+            if not _lib.voices_command(self._p, EXTEND, 0, slot, 0, 0, 0, whole.wave.ctypes.data, len(whole.wave),
+                                       float(whole.loop), -1):
+                return False
+            self._notes[slot] = whole
             return True
 
     def clear(self) -> None:
