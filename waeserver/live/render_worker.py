@@ -102,9 +102,9 @@ class RenderWorker:
     ``BANK_PITCHES`` pitches, and one of a note's first part, a memory-mapped file unlinked as soon
     as both processes have it), and only ``(loop, length)`` pairs through the pipe: the daemon then
     copies each note out in one call (sending the samples through the pipe made the renderer thread
-    take the interpreter lock back after every socket read). ``velocities`` are the layers' MIDI velocities. A ``background``
-    process (the refills') runs at the lowest priority; the priority renders' own does not, since a
-    note waits for it."""
+    take the interpreter lock back after every socket read). ``velocities`` are the layers' MIDI
+    velocities. A ``background`` process (the refills') runs at the lowest priority; the priority
+    renders' own does not, since a note waits for it."""
 
     BANK_PITCHES = 16
 
