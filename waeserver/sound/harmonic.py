@@ -412,15 +412,31 @@ class HarmonicInverter(nn.Module):
             self._envelope = out[parts // 2:parts // 2 + frames].reshape(-1)
         return self._envelope
 
+    def prepare(self, logmel: torch.Tensor, f0: torch.Tensor) -> tuple:
+        """Everything :meth:`waveform` needs for the notes of ``logmel [B, M, F]``: the controls of
+        every frame (the last held for one more), ``f0`` and the partials' harmonic numbers."""
+        count = self.count(f0)
+        numbers = self.numbers(count)
+        if self.uses_c(logmel):
+            return (*self.controls_native(logmel, f0, count), f0, numbers)
+        # the controls of the last frame hold for the one after it
+        return (*(torch.cat([c, c[:, -1:]], dim=1) for c in self.controls(logmel, f0, count)), f0, numbers)
+
     def uses_c(self, x: torch.Tensor) -> bool:
         """Whether the controls and the spectra of ``x`` are computed in C: at inference on the CPU in float32."""
         return self.native and not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
 
+    def waveform(self, prepared: tuple, frames: int | None = None) -> torch.Tensor:
+        """The waveform ``[B, frames * hop]`` of :meth:`prepare`'s notes: the whole notes, or only
+        their first ``frames`` hops, which are exactly the whole notes' first samples (only the
+        frames that overlap them are synthesized): a note can be handed over in two parts."""
+        amp, noise, dev, f0, numbers = prepared
+        whole = amp.shape[1] - 1
+        rows = whole + 1 if frames is None or frames >= whole else frames + self.cfg.n_fft // self.cfg.hop_length // 2
+        amp, noise, dev = amp[:, :rows], noise[:, :rows], dev[:, :rows]
+        spectra = self.spectra_native if self.uses_c(amp) else self.spectra
+        wave = self.overlap_add(spectra(amp, noise, dev, f0, numbers))
+        return wave if rows == whole + 1 else wave[:, :frames * self.cfg.hop_length]
+
     def forward(self, logmel: torch.Tensor, f0: torch.Tensor) -> torch.Tensor:
-        count = self.count(f0)
-        numbers = self.numbers(count)
-        if self.uses_c(logmel):
-            return self.overlap_add(self.spectra_native(*self.controls_native(logmel, f0, count), f0, numbers))
-        # the controls of the last frame hold for the one after it
-        amp, noise, dev = (torch.cat([c, c[:, -1:]], dim=1) for c in self.controls(logmel, f0, count))
-        return self.overlap_add(self.spectra(amp, noise, dev, f0, numbers))
+        return self.waveform(self.prepare(logmel, f0))
