@@ -152,7 +152,7 @@ class RenderWorker:
         return self._proc.is_alive()   # also reaps a process that has ended: no zombie
 
     def how_it_ended(self) -> str:
-        self._proc.join(1.0)
+        self._proc.join(3.0)   # a killed process's exit status can lag its pipe's end on a loaded machine
         code = self._proc.exitcode
         if code is None:
             return "its pipe closed"
